@@ -1,0 +1,50 @@
+"""The registry of weighting methods that the contract suite runs over.
+
+Every public method of the library has at least one entry here. An entry builds the
+method and says which keyword inputs its ``update`` needs on the contract suite's
+toy problem (see ``toy_loss_fn``): loss-value methods need none; gradient-based
+methods take ``params`` and a function of the parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+
+import optax_invloss as oil
+
+
+def toy_loss_fn(params):
+    """Two terms that pull the parameters different ways, of different scales."""
+    w, b = params["w"], params["b"]
+    x = jnp.linspace(-1.0, 1.0, 8, dtype=w.dtype)
+    pred = w[0] * x + w[1] * x**2 + b
+    return {
+        "pde": jnp.mean((pred - jnp.sin(x)) ** 2),
+        "bc": 10.0 * (w[0] + w[1] + b - 1.0) ** 2 + 1e-3,
+    }
+
+
+def toy_params(dtype=jnp.float32):
+    return {"w": jnp.asarray([0.1, -0.2], dtype), "b": jnp.asarray(0.05, dtype)}
+
+
+class MethodCase(NamedTuple):
+    name: str
+    make: Callable[[], oil.WeightingMethod]
+    # Keyword inputs for update, given the params and the function params -> losses.
+    inputs: Callable[[Any, Callable], dict] = lambda params, loss_fn: {}
+
+
+CASES = [
+    MethodCase("inverse_loss_default", lambda: oil.inverse_loss()),
+    MethodCase("inverse_loss_bare", lambda: oil.inverse_loss(min_weight=0.0)),
+    MethodCase(
+        "inverse_loss_all_options",
+        lambda: oil.inverse_loss(
+            ema_decay=0.9, update_every=3, min_weight=0.1, max_weight=0.8
+        ),
+    ),
+]
