@@ -124,7 +124,11 @@ def state_dtype(losses: Losses) -> jnp.dtype:
     Low-precision losses (bfloat16, float16) are averaged and inverted in float32;
     the weights handed back are cast to each loss's own dtype.
     """
-    dtypes = [_leaf_shape_dtype(leaf)[1] for leaf in jax.tree.leaves(losses)]
+    # Python scalars are weakly typed: they do not promote the arrays' dtype.
+    dtypes = [
+        leaf if isinstance(leaf, float) else _leaf_shape_dtype(leaf)[1]
+        for leaf in jax.tree.leaves(losses)
+    ]
     return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 

@@ -22,9 +22,7 @@ IDS = [case.name for case in CASES]
 
 
 def _update(case, method, losses, state, params, **extra):
-    return method.update(
-        losses, state, **case.inputs(params, toy_loss_fn), **extra
-    )
+    return method.update(losses, state, **case.inputs(params, toy_loss_fn), **extra)
 
 
 @pytest.fixture(params=CASES, ids=IDS)
@@ -140,7 +138,10 @@ def test_checkpoint_round_trip_is_bit_identical(case):
     state = method.init(toy_loss_fn(params))
     step = jax.jit(
         lambda s, k: _update(
-            case, method, toy_loss_fn(jax.tree.map(lambda p: p * k, params)), s,
+            case,
+            method,
+            toy_loss_fn(jax.tree.map(lambda p: p * k, params)),
+            s,
             params,
         )
     )
@@ -167,9 +168,9 @@ def test_bad_loss_value_skips_the_update(case, bad):
     state = method.init(losses)
     _, state = _update(case, method, losses, state, params)
     bad_losses = dict(losses, bc=jnp.asarray(bad, losses["bc"].dtype))
-    weights, new_state = jax.jit(
-        lambda l, s: _update(case, method, l, s, params)
-    )(bad_losses, state)
+    weights, new_state = jax.jit(lambda l, s: _update(case, method, l, s, params))(
+        bad_losses, state
+    )
     assert int(new_state.skipped_updates) == int(state.skipped_updates) + 1
     new_leaves = jax.tree.leaves(new_state._replace(skipped_updates=0))
     old_leaves = jax.tree.leaves(state._replace(skipped_updates=0))
@@ -206,9 +207,7 @@ def _train(tx, params, steps, **extra):
             return oil.weighted_sum(losses, weights), losses
 
         (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        updates, opt_state = tx.update(
-            grads, opt_state, params, losses=losses, **extra
-        )
+        updates, opt_state = tx.update(grads, opt_state, params, losses=losses, **extra)
         return optax.apply_updates(params, updates), opt_state
 
     for _ in range(steps):
@@ -241,8 +240,14 @@ def test_optax_wrapper_around_lbfgs_accepts_losses(case):
     value_fn = lambda p: oil.weighted_sum(toy_loss_fn(p), weights)
     value, grads = jax.value_and_grad(value_fn)(params)
     updates, opt_state = tx.update(
-        grads, opt_state, params, losses=losses, value=value, grad=grads,
-        value_fn=value_fn, **extra,
+        grads,
+        opt_state,
+        params,
+        losses=losses,
+        value=value,
+        grad=grads,
+        value_fn=value_fn,
+        **extra,
     )
     new_params = optax.apply_updates(params, updates)
     assert float(value_fn(new_params)) < float(value)
