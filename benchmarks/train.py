@@ -6,13 +6,17 @@ per step; the weights applied at a step are those already in the optimizer state
 through :func:`optax_invloss.with_weighting`. Steps run jitted in chunks under
 ``lax.scan``; the error on the evaluation grid is measured between chunks, outside
 the timed region.
+
+:class:`Trainer` compiles the chunk once for a (problem, method, settings) and runs
+it for any number of seeds; :func:`train` is the one-run shortcut.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +25,7 @@ import optax
 from flax import nnx
 
 import optax_invloss as oil
-from benchmarks.problems import MLP, Problem, relative_l2
+from benchmarks.problems import MLP, Preset, Problem, relative_l2
 
 
 @dataclasses.dataclass
@@ -34,11 +38,15 @@ class RunResult:
       losses: per-term loss, ``{term: (steps_total,)}``, every step.
       weights: per-term weight applied at each step, ``{term: (steps_total,)}``.
       train_seconds: wall time of the jitted training chunks only (compilation
-        of the first chunk excluded).
-      compile_seconds: wall time of the first chunk minus an estimate of its
-        run time (the median chunk time).
+        excluded: the chunk is compiled ahead of time, see ``compile_seconds``).
+      compile_seconds: wall time of compiling the chunk; 0 for every run of a
+        :class:`Trainer` after its first.
       params: the final parameters (an ``nnx.State``).
+      graphdef: the network's ``nnx.GraphDef``; ``nnx.merge(graphdef, params)``
+        rebuilds the trained model.
       skipped_updates: updates the weighting refused (NaN/Inf/negative losses).
+      adam_steps: steps of the first-order phase (``steps[-1]`` when no L-BFGS
+        phase follows).
     """
 
     steps: np.ndarray
@@ -50,6 +58,7 @@ class RunResult:
     params: object
     graphdef: object
     skipped_updates: int
+    adam_steps: int = 0
 
     @property
     def final_error(self) -> float:
@@ -79,6 +88,202 @@ def _equal_weights() -> oil.WeightingMethod:
     return oil.WeightingMethod(init, update)
 
 
+def _lbfgs_phase(
+    loss_fn, params, opt_state, method, iterations: int, options: Mapping[str, Any]
+):
+    """An L-BFGS phase after Adam: the place where it plugs into the loop.
+
+    The weighting policies during L-BFGS (weights frozen, refreshed with the
+    memory reset, or the log objective) belong to the library; this loop only
+    hands them the fixed-batch ``loss_fn``, the parameters and the optimizer state
+    that holds the weighting state.
+    """
+    del loss_fn, params, opt_state, method, options
+    raise NotImplementedError(
+        f"an L-BFGS phase ({iterations} iterations) was requested, but this "
+        "version of optax_invloss has no L-BFGS weighting policies yet"
+    )
+
+
+class Trainer:
+    """Compiles the training chunk of one (problem, method, settings) once.
+
+    Args:
+      problem: a benchmark problem.
+      method: a weighting method of the library, or None for the plain sum.
+      settings: network, batch, steps and optimizer (a problem's preset,
+        possibly edited with ``dataclasses.replace``).
+      steps: number of steps (default: the settings'); rounded up to whole chunks.
+      chunk: steps per jitted ``lax.scan`` call; the error is measured after each.
+      optimizer: overrides the settings' optimizer.
+      lbfgs_steps: L-BFGS iterations after the first-order phase (0: none), on
+        the batch of seed's fixed key.
+      lbfgs: options of the L-BFGS phase (policy and its arguments).
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        method: oil.WeightingMethod | None,
+        settings: Preset,
+        *,
+        steps: int | None = None,
+        chunk: int = 500,
+        optimizer: optax.GradientTransformation | None = None,
+        lbfgs_steps: int = 0,
+        lbfgs: Mapping[str, Any] | None = None,
+    ):
+        self.problem = problem
+        self.settings = settings
+        self.steps = settings.steps if steps is None else int(steps)
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got steps = {self.steps}")
+        if lbfgs_steps < 0:
+            raise ValueError(f"lbfgs_steps must be >= 0, got {lbfgs_steps}")
+        self.chunk = max(1, min(int(chunk), self.steps))
+        self.n_chunks = -(-self.steps // self.chunk)
+        self.method = _equal_weights() if method is None else method
+        self.lbfgs_steps = int(lbfgs_steps)
+        self.lbfgs = dict(lbfgs or {})
+        self.graphdef, params = nnx.split(MLP(settings.layers, rngs=nnx.Rngs(0)))
+        graphdef = self.graphdef
+
+        def apply_fn(params):
+            return nnx.merge(graphdef, params)
+
+        def loss_fn(params, batch):
+            return problem.loss_terms(apply_fn(params), batch)
+
+        def residual_fn(params, batch):
+            return problem.residuals(apply_fn(params), batch)
+
+        self._loss_fn = loss_fn
+        batch = jax.eval_shape(
+            lambda k: problem.sample(k, settings.batch), jax.random.key(0)
+        )
+        example = jax.eval_shape(loss_fn, params, batch)
+        self.tx = tx = oil.with_weighting(
+            optimizer if optimizer is not None else settings.make_optimizer(),
+            self.method,
+            losses=example,
+        )
+
+        def step(carry, key):
+            params, opt_state = carry
+            batch = problem.sample(key, settings.batch)
+            weights = oil.loss_weights(opt_state)
+
+            def total(params):
+                losses = loss_fn(params, batch)
+                return oil.weighted_sum(losses, weights), losses
+
+            (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
+            updates, opt_state = tx.update(
+                grads,
+                opt_state,
+                params,
+                losses=losses,
+                loss_fn=lambda p: loss_fn(p, batch),
+                residual_fn=lambda p: residual_fn(p, batch),
+            )
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), (losses, weights)
+
+        def run_chunk(params, opt_state, keys):
+            return jax.lax.scan(step, (params, opt_state), keys)
+
+        # Compiled ahead of time so that compilation is timed on its own and the
+        # same executable serves every seed.
+        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), self.chunk))
+        start = time.perf_counter()
+        self._run_chunk = (
+            jax.jit(run_chunk).lower(params, tx.init(params), keys).compile()
+        )
+        self.compile_seconds = time.perf_counter() - start
+        self._compile_reported = False
+
+        points, exact = problem.reference()
+        points = jnp.asarray(points, jnp.float32)
+        self._error = jax.jit(
+            lambda params: relative_l2(apply_fn(params)(points), exact)
+        )
+
+    def run(
+        self,
+        seed: int = 0,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_eval: Callable[[int, float], None] | None = None,
+    ) -> RunResult:
+        """Trains from the initialisation of ``seed``.
+
+        Args:
+          seed: seeds the network initialisation and the collocation samples.
+          progress: called with the number of steps done after each chunk.
+          on_eval: called with ``(step, error)`` after each evaluation.
+        """
+        problem, chunk = self.problem, self.chunk
+        graphdef, params = nnx.split(MLP(self.settings.layers, rngs=nnx.Rngs(seed)))
+        if graphdef != self.graphdef:  # pragma: no cover - same layers, same graph
+            raise RuntimeError("the network's structure changed between seeds")
+        opt_state = self.tx.init(params)
+        key = jax.random.key(seed + 1_000_003)
+        keys = jax.random.split(key, self.n_chunks * chunk).reshape(
+            self.n_chunks, chunk
+        )
+        if problem.full_batch:
+            keys = jnp.broadcast_to(key, (self.n_chunks, chunk))
+        seconds, errors, at, losses_h, weights_h = 0.0, [], [], [], []
+        for i in range(self.n_chunks):
+            start = time.perf_counter()
+            (params, opt_state), (losses, weights) = self._run_chunk(
+                params, opt_state, keys[i]
+            )
+            jax.block_until_ready(params)
+            seconds += time.perf_counter() - start
+            errors.append(float(self._error(params)))
+            at.append((i + 1) * chunk)
+            losses_h.append(jax.device_get(losses))
+            weights_h.append(jax.device_get(weights))
+            if progress is not None:
+                progress(chunk)
+            if on_eval is not None:
+                on_eval(at[-1], errors[-1])
+        adam_steps = at[-1]
+        if self.lbfgs_steps:
+            batch = problem.sample(key, self.settings.batch)
+            start = time.perf_counter()
+            params, opt_state = _lbfgs_phase(
+                lambda p: self._loss_fn(p, batch),
+                params,
+                opt_state,
+                self.method,
+                self.lbfgs_steps,
+                self.lbfgs,
+            )
+            jax.block_until_ready(params)
+            seconds += time.perf_counter() - start
+            errors.append(float(self._error(params)))
+            at.append(adam_steps + self.lbfgs_steps)
+            if on_eval is not None:
+                on_eval(at[-1], errors[-1])
+        cat = lambda hs: {k: np.concatenate([h[k] for h in hs]) for k in hs[0]}
+        compile_seconds = 0.0 if self._compile_reported else self.compile_seconds
+        self._compile_reported = True
+        return RunResult(
+            steps=np.asarray(at),
+            errors=np.asarray(errors),
+            losses=cat(losses_h),
+            weights=cat(weights_h),
+            train_seconds=seconds,
+            compile_seconds=compile_seconds,
+            params=params,
+            graphdef=self.graphdef,
+            skipped_updates=int(opt_state.weighting_state.skipped_updates),
+            adam_steps=adam_steps,
+        )
+
+
 def train(
     problem: Problem,
     method: oil.WeightingMethod | None,
@@ -89,6 +294,8 @@ def train(
     chunk: int = 500,
     optimizer: optax.GradientTransformation | None = None,
     progress: Callable[[int], None] | None = None,
+    lbfgs_steps: int = 0,
+    lbfgs: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Trains the problem's MLP with ``method`` (None: equal weights of 1).
 
@@ -101,91 +308,17 @@ def train(
       chunk: steps per jitted ``lax.scan`` call; the error is measured after each.
       optimizer: overrides the preset's optimizer.
       progress: called with the number of steps done after each chunk.
+      lbfgs_steps: L-BFGS iterations after the first-order phase (0: none).
+      lbfgs: options of the L-BFGS phase.
     """
-    settings = problem.preset(preset)
-    steps = settings.steps if steps is None else steps
-    chunk = max(1, min(chunk, steps))
-    n_chunks = -(-steps // chunk)
-    model = MLP(settings.layers, rngs=nnx.Rngs(seed))
-    graphdef, params = nnx.split(model)
-
-    def apply_fn(params):
-        return nnx.merge(graphdef, params)
-
-    def loss_fn(params, batch):
-        return problem.loss_terms(apply_fn(params), batch)
-
-    def residual_fn(params, batch):
-        return problem.residuals(apply_fn(params), batch)
-
-    key = jax.random.key(seed + 1_000_003)
-    example = jax.eval_shape(loss_fn, params, problem.sample(key, settings.batch))
-    method = _equal_weights() if method is None else method
-    tx = oil.with_weighting(
-        optimizer if optimizer is not None else settings.make_optimizer(),
+    trainer = Trainer(
+        problem,
         method,
-        losses=example,
+        problem.preset(preset),
+        steps=steps,
+        chunk=chunk,
+        optimizer=optimizer,
+        lbfgs_steps=lbfgs_steps,
+        lbfgs=lbfgs,
     )
-    opt_state = tx.init(params)
-
-    def step(carry, key):
-        params, opt_state = carry
-        batch = problem.sample(key, settings.batch)
-        weights = oil.loss_weights(opt_state)
-
-        def total(params):
-            losses = loss_fn(params, batch)
-            return oil.weighted_sum(losses, weights), losses
-
-        (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        updates, opt_state = tx.update(
-            grads,
-            opt_state,
-            params,
-            losses=losses,
-            loss_fn=lambda p: loss_fn(p, batch),
-            residual_fn=lambda p: residual_fn(p, batch),
-        )
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), (losses, weights)
-
-    @jax.jit
-    def run_chunk(params, opt_state, keys):
-        return jax.lax.scan(step, (params, opt_state), keys)
-
-    points, exact = problem.reference()
-    points = jnp.asarray(points, jnp.float32)
-
-    @jax.jit
-    def error(params):
-        return relative_l2(apply_fn(params)(points), exact)
-
-    keys = jax.random.split(key, n_chunks * chunk).reshape(n_chunks, chunk)
-    if problem.full_batch:
-        keys = jnp.broadcast_to(key, (n_chunks, chunk))
-    times, errors, at, losses_h, weights_h = [], [], [], [], []
-    for i in range(n_chunks):
-        start = time.perf_counter()
-        (params, opt_state), (losses, weights) = run_chunk(params, opt_state, keys[i])
-        jax.block_until_ready(params)
-        times.append(time.perf_counter() - start)
-        errors.append(float(error(params)))
-        at.append((i + 1) * chunk)
-        losses_h.append(jax.device_get(losses))
-        weights_h.append(jax.device_get(weights))
-        if progress is not None:
-            progress(chunk)
-    run_times = times[1:] if len(times) > 1 else times
-    median = float(np.median(run_times))
-    cat = lambda hs: {k: np.concatenate([h[k] for h in hs]) for k in hs[0]}
-    return RunResult(
-        steps=np.asarray(at),
-        errors=np.asarray(errors),
-        losses=cat(losses_h),
-        weights=cat(weights_h),
-        train_seconds=float(sum(run_times) + (median if len(times) > 1 else 0.0)),
-        compile_seconds=max(0.0, times[0] - median) if len(times) > 1 else 0.0,
-        params=params,
-        graphdef=graphdef,
-        skipped_updates=int(opt_state.weighting_state.skipped_updates),
-    )
+    return trainer.run(seed, progress=progress)

@@ -1,0 +1,251 @@
+"""Method specs: weighting methods named on the command line, parsed safely.
+
+A spec is a public factory of :mod:`optax_invloss` with its arguments, written as a
+Python call: ``inverse_loss``, ``inverse_loss(min_weight=0.0)``,
+``lr_annealing(update_every=10)``, ``softadapt(beta=0.1)``. ``equal`` is the plain
+sum (weight 1 on every term). Any name in ``optax_invloss.__all__`` whose factory
+returns a ``WeightingMethod`` can be used, so methods added to the library are
+available here without a change.
+
+Specs are parsed with :mod:`ast` and never evaluated: argument values may be
+numbers (with ``+ - * / **``), strings, ``True``/``False``/``None``, tuples, lists
+and dicts of these, or a bare name, which stands for the public
+``optax_invloss`` object of that name when there is one and for the string
+otherwise (``policy=frozen`` is ``policy="frozen"``).
+
+Arguments a method needs from the problem are filled in when the spec does not give
+them: a ``reference`` term gets the problem's residual term (its first term,
+``"pde"``), and a required ``weights`` dict gets 1 for every term (or the problem's
+hand-tuned weights in :data:`HAND_TUNED`); a ``weights`` dict that names only some
+terms gets 1 for the others.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import optax_invloss as oil
+from benchmarks.problems import Problem
+
+EQUAL = "equal"
+
+#: Hand-tuned static weights per problem, used when ``static_weights`` is named
+#: without weights. Poisson: the boundary weight 100 of Wang, Yu & Perdikaris
+#: (about the NTK trace ratio at initialisation), their 1.63e-3 run.
+HAND_TUNED: dict[str, dict[str, float]] = {"poisson": {"pde": 1.0, "bc": 100.0}}
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A parsed method spec.
+
+    Attributes:
+      text: the spec, normalised (``ast.unparse``); used as the method's label.
+      name: the factory's name in ``optax_invloss``, or ``"equal"``.
+      args: positional arguments of the factory.
+      kwargs: keyword arguments of the factory, as given.
+    """
+
+    text: str
+    name: str
+    args: tuple = ()
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def build(self, problem: Problem) -> oil.WeightingMethod | None:
+        """The weighting method for ``problem`` (None for ``equal``)."""
+        if self.name == EQUAL:
+            return None
+        factory = factories()[self.name]
+        kwargs = problem_defaults(self, problem)
+        try:
+            return factory(*self.args, **kwargs)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"method {self.text!r} on {problem.name}: {error}"
+            ) from None
+
+
+def _is_factory(obj: Any) -> bool:
+    """Whether ``obj`` is a function annotated to return a ``WeightingMethod``."""
+    if not inspect.isfunction(obj):
+        return False
+    returns = inspect.signature(obj).return_annotation
+    if isinstance(returns, str):
+        return returns.split(".")[-1] == "WeightingMethod"
+    return returns is oil.WeightingMethod
+
+
+def factories() -> dict[str, Callable[..., oil.WeightingMethod]]:
+    """The public factories of ``optax_invloss`` that return a ``WeightingMethod``."""
+    found = {}
+    for name in oil.__all__:
+        obj = getattr(oil, name)
+        if _is_factory(obj):
+            found[name] = obj
+    return found
+
+
+def available() -> list[str]:
+    """Every name a spec can start with."""
+    return sorted([EQUAL, *factories()])
+
+
+def _value(node: ast.AST, spec: str) -> Any:
+    """The value of an argument node, for the safe subset of Python literals."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in oil.__all__:
+            return getattr(oil, node.id)
+        return node.id
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_number(node.operand, spec))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _number(node.left, spec), _number(node.right, spec)
+        return _BINARY[type(node.op)](left, right)
+    if isinstance(node, ast.Tuple):
+        return tuple(_value(e, spec) for e in node.elts)
+    if isinstance(node, ast.List):
+        return [_value(e, spec) for e in node.elts]
+    if isinstance(node, ast.Dict):
+        if any(k is None for k in node.keys):
+            raise ValueError(f"method {spec!r}: '**' is not allowed in a spec")
+        return {
+            _value(k, spec): _value(v, spec)
+            for k, v in zip(node.keys, node.values, strict=True)
+        }
+    raise ValueError(
+        f"method {spec!r}: {ast.unparse(node)!r} is not a literal value (use "
+        "numbers, strings, True/False/None, tuples, lists, dicts or a bare name)"
+    )
+
+
+def _number(node: ast.AST, spec: str) -> int | float:
+    value = _value(node, spec)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"method {spec!r}: arithmetic on {ast.unparse(node)!r}, which is not "
+            "a number"
+        )
+    return value
+
+
+def _call_parts(node: ast.AST, spec: str) -> tuple[str, list, dict]:
+    """``name`` or ``name(args...)`` -> (name, positional values, keyword values)."""
+    if isinstance(node, ast.Name):
+        return node.id, [], {}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(
+            k.arg is None for k in node.keywords
+        ):
+            raise ValueError(f"method {spec!r}: '*' and '**' are not allowed")
+        args = [_value(a, spec) for a in node.args]
+        kwargs = {k.arg: _value(k.value, spec) for k in node.keywords}
+        return node.func.id, args, kwargs
+    raise ValueError(
+        f"method {spec!r}: write a method as name or name(arg=value, ...), "
+        f"got {ast.unparse(node)!r}"
+    )
+
+
+def _spec(node: ast.AST, spec: str) -> MethodSpec:
+    name, args, kwargs = _call_parts(node, spec)
+    names = factories()
+    if name != EQUAL and name not in names:
+        raise ValueError(
+            f"unknown method {name!r} in {spec!r}; available: {', '.join(available())}"
+        )
+    if name == EQUAL:
+        if args or kwargs:
+            raise ValueError(f"method {spec!r}: 'equal' takes no arguments")
+    else:
+        try:
+            inspect.signature(names[name]).bind_partial(*args, **kwargs)
+        except TypeError as error:
+            signature = inspect.signature(names[name])
+            raise ValueError(
+                f"method {spec!r}: {error}; the signature is {name}{_plain(signature)}"
+            ) from None
+    return MethodSpec(
+        text=ast.unparse(node),
+        name=name,
+        args=tuple(args),
+        kwargs=tuple(kwargs.items()),
+    )
+
+
+def _plain(signature: inspect.Signature) -> str:
+    """``(a, b=1.0, *, c=None)`` without the annotations."""
+    parameters = [
+        p.replace(annotation=inspect.Parameter.empty)
+        for p in signature.parameters.values()
+    ]
+    return str(inspect.Signature(parameters))
+
+
+def _parse(text: str, what: str) -> ast.AST:
+    try:
+        return ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as error:
+        raise ValueError(
+            f"cannot parse {what} {text!r}: {error.msg}; write name or "
+            "name(arg=value, ...), e.g. inverse_loss(min_weight=0.0)"
+        ) from None
+
+
+def parse_method(text: str) -> MethodSpec:
+    """Parses one spec, e.g. ``"inverse_loss(min_weight=0.0)"``.
+
+    Raises:
+      ValueError: for a syntax error, a value that is not a literal, an unknown
+        method (the message lists the available ones) or arguments the factory
+        does not take.
+    """
+    return _spec(_parse(text, "method"), text)
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    """Parses a comma-separated list of specs (commas inside calls are fine)."""
+    node = _parse(f"[{text}]", "methods")
+    if not isinstance(node, ast.List) or not node.elts:
+        raise ValueError(f"no methods in {text!r}")
+    specs = [_spec(element, ast.unparse(element)) for element in node.elts]
+    texts = [s.text for s in specs]
+    duplicates = sorted({t for t in texts if texts.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"methods named twice: {', '.join(duplicates)}")
+    return specs
+
+
+def problem_defaults(spec: MethodSpec, problem: Problem) -> dict[str, Any]:
+    """The spec's keyword arguments, completed with what the problem implies."""
+    kwargs = dict(spec.kwargs)
+    parameters = inspect.signature(factories()[spec.name]).parameters
+    bound = inspect.signature(factories()[spec.name]).bind_partial(*spec.args)
+    given = set(kwargs) | set(bound.arguments)
+    terms = problem.term_names
+    if "reference" in parameters and "reference" not in given:
+        kwargs["reference"] = terms[0]
+    if "weights" in parameters:
+        if "weights" not in given:
+            if parameters["weights"].default is inspect.Parameter.empty:
+                kwargs["weights"] = dict(
+                    HAND_TUNED.get(problem.name, {t: 1.0 for t in terms})
+                )
+        elif isinstance(kwargs.get("weights"), dict):
+            kwargs["weights"] = {t: 1.0 for t in terms} | kwargs["weights"]
+    return kwargs

@@ -1,0 +1,268 @@
+"""Compare loss-weighting methods on PINN benchmarks: the library's main job.
+
+Trains every requested method on the same seeds, collocation samples and step
+budget, then writes a JSON and a CSV of every run, a markdown table (median and
+min-max over seeds) and PNG plots: error against steps, weights against steps and
+the solution of the best method.
+
+Run from the repository root::
+
+  python -m benchmarks.pinn                       # the main job (a few minutes)
+  python -m benchmarks.pinn --problem helmholtz \\
+      --methods 'equal,inverse_loss,inverse_loss(min_weight=0.0)' \\
+      --seeds 3 --steps 20000 --preset quick --out benchmarks/out/helmholtz
+  python -m benchmarks.pinn --problem all --seeds 3   # every problem
+  python -m benchmarks.pinn --list                    # problems and methods
+
+Methods are named as in ``optax_invloss`` with their arguments (quote them in the
+shell): see :mod:`benchmarks.methods`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from benchmarks import methods as specs
+from benchmarks import plots, report
+from benchmarks.problems import PROBLEMS, Problem, get_problem
+from benchmarks.train import Trainer
+
+#: The main job's methods, in this order, those the library has.
+MAIN_METHODS = (
+    "equal",
+    "inverse_loss",
+    "inverse_loss(min_weight=0.0)",
+    "lr_annealing",
+    "relobralo",
+    "softadapt",
+)
+#: The main job's step count (the quick preset's is for the committed results).
+MAIN_STEPS = 3000
+
+
+def main_methods() -> str:
+    names = set(specs.available())
+    return ",".join(m for m in MAIN_METHODS if m.split("(")[0] in names)
+
+
+def _problems(text: str) -> list[Problem]:
+    if text == "all":
+        return list(PROBLEMS.values())
+    return [get_problem(name.strip()) for name in text.split(",")]
+
+
+def _settings(problem: Problem, args: argparse.Namespace):
+    settings = problem.preset(args.preset)
+    changes = {}
+    if args.hidden:
+        hidden = tuple(int(n) for n in args.hidden.split(","))
+        changes["layers"] = (problem.input_dim, *hidden, 1)
+    if args.batch:
+        changes["batch"] = args.batch
+    return dataclasses.replace(settings, **changes)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.pinn",
+        description="Compare loss-weighting methods on PINN benchmarks.",
+    )
+    p.add_argument(
+        "--problem",
+        default="helmholtz",
+        help="a problem, a comma-separated list, or 'all' (default: helmholtz)",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated method specs, e.g. "
+        "'equal,inverse_loss,lr_annealing(update_every=10)' (default: "
+        f"{main_methods()})",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: 1)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per run (default: the preset's; the main job, run "
+        f"without arguments, uses {MAIN_STEPS})",
+    )
+    p.add_argument("--preset", default="quick", help="quick or paper (default quick)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default: benchmarks/out/<name>)"
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=500, help="steps between error evaluations"
+    )
+    p.add_argument("--hidden", default=None, help="hidden widths, e.g. 50,50,50")
+    p.add_argument("--batch", type=int, default=None, help="points per piece")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (logs only)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--list", action="store_true", help="list problems and methods")
+    return p
+
+
+def _prediction(problem: Problem, result) -> np.ndarray:
+    points, _ = problem.reference()
+    model = nnx.merge(result.graphdef, result.params)
+    return np.asarray(model(jnp.asarray(points, jnp.float32)))
+
+
+def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
+    """Every method and seed on one problem: records and the best method's run."""
+    settings = _settings(problem, args)
+    steps = settings.steps if args.steps is None else args.steps
+    chunk = max(1, min(args.eval_every, steps))
+    records, results = [], {}
+    for spec in method_specs:
+        log(f"{problem.name}: compiling {spec.text} ...")
+        trainer = Trainer(
+            problem, spec.build(problem), settings, steps=steps, chunk=chunk
+        )
+        for seed in range(args.seeds):
+            bar = tqdm(
+                total=trainer.n_chunks * trainer.chunk,
+                desc=f"{problem.name} {spec.text} seed {seed}",
+                disable=args.no_progress,
+                leave=True,
+                file=sys.stderr,
+            )
+            result = trainer.run(
+                seed,
+                progress=bar.update,
+                on_eval=lambda _, e, bar=bar: bar.set_postfix(rel_l2=f"{e:.3g}"),
+            )
+            bar.close()
+            results[spec.text, seed] = result
+            records.append(
+                report.record(
+                    result,
+                    problem=problem.name,
+                    preset=args.preset,
+                    method=spec.text,
+                    seed=seed,
+                )
+            )
+            log(
+                f"{problem.name} {spec.text} seed {seed}: rel. L2 "
+                f"{result.final_error:.3g} (best {result.best_error:.3g}), "
+                f"{1e3 * result.train_seconds / result.steps[-1]:.3g} ms/step"
+            )
+    medians = {
+        spec.text: np.median(
+            [r["final_rel_l2"] for r in records if r["method"] == spec.text]
+        )
+        for spec in method_specs
+    }
+    best = min(medians, key=medians.get)
+    mine = sorted(
+        (r["final_rel_l2"], r["seed"]) for r in records if r["method"] == best
+    )
+    error, seed = mine[(len(mine) - 1) // 2]  # the (lower) median seed
+    chosen = dict(method=best, seed=seed, error=error, result=results[best, seed])
+    return records, chosen
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the comparison; returns the paths it wrote (``{"json": ..., ...}``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    if args.list:
+        print("problems:", ", ".join(PROBLEMS))
+        print("methods:", ", ".join(specs.available()))
+        return {}
+    if not argv:
+        args.steps = MAIN_STEPS
+    if args.seeds < 1:
+        parser().error(f"--seeds must be >= 1, got {args.seeds}")
+    try:
+        problems = _problems(args.problem)
+        method_specs = specs.parse_methods(args.methods or main_methods())
+        for problem in problems:  # every method builds before any training
+            _settings(problem, args)
+            for spec in method_specs:
+                spec.build(problem)
+    except ValueError as error:
+        parser().error(str(error))
+    name = args.problem if len(problems) == 1 else "all"
+    out = pathlib.Path(args.out or f"benchmarks/out/{name}-{args.preset}")
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda message: tqdm.write(message, file=sys.stderr)
+    command = shlex.join(["python", "-m", "benchmarks.pinn", *argv])
+    start = time.perf_counter()
+    records, tables, paths = [], [], {}
+    for problem in problems:
+        mine, chosen = run_problem(problem, method_specs, args, log)
+        records += mine
+        methods = [s.text for s in method_specs]
+        tables.append(report.table(mine, problem.name, methods))
+        if not args.no_plots:
+            for kind, plot in (
+                ("error", plots.error_plot),
+                ("weights", plots.weights_plot),
+            ):
+                path = out / f"{problem.name}_{kind}.png"
+                plot(path, mine, problem.name, methods)
+                paths[f"{problem.name}_{kind}"] = path
+            path = out / f"{problem.name}_solution.png"
+            label = (
+                f"best method {chosen['method']}, seed {chosen['seed']}, "
+                f"rel. L2 {chosen['error']:.3g}"
+            )
+            plots.solution_plot(
+                path, problem, _prediction(problem, chosen["result"]), label
+            )
+            paths[f"{problem.name}_solution"] = path
+    wall = time.perf_counter() - start
+    meta = dict(
+        command=command,
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        wall_seconds=wall,
+        preset=args.preset,
+        seeds=args.seeds,
+        methods=[s.text for s in method_specs],
+        jax=jax.__version__,
+        device=str(jax.devices()[0].device_kind),
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
+    )
+    header = (
+        f"Command: `{command}` ({meta['date'][:10]}, {meta['device']}, "
+        f"{meta['machine']}; {wall / 60:.1f} min wall).\n\n"
+        "Relative L2 error on the evaluation grid: median over seeds [min-max]; "
+        "'best' is the lowest error seen at any evaluation; time per step is the "
+        "median training time per step (compilation excluded) relative to equal "
+        "weights (to the first method when equal was not run); final weights are "
+        "medians over seeds.\n"
+    )
+    text = header + "\n" + "\n\n".join(tables) + "\n"
+    paths = dict(
+        json=out / "runs.json", csv=out / "runs.csv", table=out / "table.md", **paths
+    )
+    report.write_json(paths["json"], records, meta)
+    report.write_csv(paths["csv"], records)
+    paths["table"].write_text(text)
+    print(text)
+    print(f"Wall time {wall:.0f} s. Wrote:")
+    for path in paths.values():
+        print(f"  {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Records of benchmark runs: JSON, CSV and the markdown summary table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from benchmarks.train import RunResult
+
+#: Weight histories keep at most this many points per run (every step is too much
+#: for a JSON file; the plots need a few hundred).
+MAX_WEIGHT_POINTS = 400
+
+CSV_FIELDS = (
+    "problem",
+    "preset",
+    "method",
+    "seed",
+    "steps",
+    "train_seconds",
+    "compile_seconds",
+    "seconds_per_step",
+    "final_rel_l2",
+    "best_rel_l2",
+    "final_weights",
+    "skipped_updates",
+)
+
+
+def record(
+    result: RunResult, *, problem: str, preset: str, method: str, seed: int
+) -> dict:
+    """One run as a JSON-ready dict, with its error and weight histories."""
+    n = len(next(iter(result.weights.values())))
+    every = max(1, -(-n // MAX_WEIGHT_POINTS))
+    index = np.arange(every - 1, n, every)
+    if index[-1] != n - 1:
+        index = np.append(index, n - 1)
+    steps = int(result.steps[-1])
+    return dict(
+        problem=problem,
+        preset=preset,
+        method=method,
+        seed=seed,
+        steps=steps,
+        adam_steps=int(result.adam_steps),
+        train_seconds=result.train_seconds,
+        compile_seconds=result.compile_seconds,
+        seconds_per_step=result.train_seconds / steps,
+        final_rel_l2=result.final_error,
+        best_rel_l2=result.best_error,
+        final_weights=result.final_weights,
+        skipped_updates=result.skipped_updates,
+        error_history=dict(
+            steps=result.steps.tolist(), rel_l2=[float(e) for e in result.errors]
+        ),
+        # ``steps[k]`` is the step whose weights are ``weights[term][k]``
+        # (the weights applied at that step, counting from 1).
+        weight_history=dict(
+            steps=(index + 1).tolist(),
+            weights={
+                k: v[index].astype(float).tolist() for k, v in result.weights.items()
+            },
+        ),
+    )
+
+
+def write_json(path: pathlib.Path, runs: Sequence[dict], meta: dict) -> None:
+    path.write_text(json.dumps(dict(meta, runs=list(runs)), indent=1) + "\n")
+
+
+def write_csv(path: pathlib.Path, runs: Sequence[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for run in runs:
+            row = {k: run[k] for k in CSV_FIELDS}
+            row["final_weights"] = ";".join(
+                f"{k}={v:.6g}" for k, v in run["final_weights"].items()
+            )
+            writer.writerow(row)
+
+
+def _spread(values: Sequence[float]) -> str:
+    values = np.asarray(values)
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return f"{np.median(values):.3g} [{values.min():.3g}-{values.max():.3g}]"
+
+
+def summary(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> list[dict]:
+    """Per method on one problem: medians over seeds and time per step."""
+    rows = []
+    for method in methods:
+        mine = [r for r in runs if r["problem"] == problem and r["method"] == method]
+        if not mine:
+            continue
+        terms = list(mine[0]["final_weights"])
+        rows.append(
+            dict(
+                method=method,
+                seeds=len(mine),
+                steps=mine[0]["steps"],
+                final=[r["final_rel_l2"] for r in mine],
+                best=[r["best_rel_l2"] for r in mine],
+                seconds_per_step=float(
+                    np.median([r["seconds_per_step"] for r in mine])
+                ),
+                weights={
+                    t: float(np.median([r["final_weights"][t] for r in mine]))
+                    for t in terms
+                },
+            )
+        )
+    return rows
+
+
+def table(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> str:
+    """The markdown table of one problem (median and min-max over seeds)."""
+    rows = summary(runs, problem, methods)
+    base = next((r for r in rows if r["method"] == "equal"), rows[0])
+    first = next(r for r in runs if r["problem"] == problem)
+    seeds = max(r["seeds"] for r in rows)
+    lines = [
+        f"### {problem} ({first['preset']} preset, {first['steps']} steps, "
+        f"{seeds} seed{'s' if seeds > 1 else ''})",
+        "",
+        "| method | final rel. L2 | best rel. L2 | time/step vs "
+        f"{base['method']} | final weights |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = row["seconds_per_step"] / base["seconds_per_step"]
+        weights = ", ".join(f"{t} {w:.3g}" for t, w in row["weights"].items())
+        lines.append(
+            f"| `{row['method']}` | {_spread(row['final'])} | {_spread(row['best'])} "
+            f"| {ratio:.2f} ({1e3 * row['seconds_per_step']:.2g} ms) | {weights} |"
+        )
+    return "\n".join(lines)

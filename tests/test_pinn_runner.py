@@ -1,0 +1,227 @@
+"""Tests for the PINN comparison runner: `benchmarks.pinn` and `benchmarks.methods`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import optax_invloss as oil
+from benchmarks import methods, pinn, plots, report
+from benchmarks.problems import get_problem
+
+
+def test_runner_end_to_end_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    paths = pinn.main(
+        [
+            "--problem",
+            "poisson",
+            "--preset",
+            "adam",
+            "--methods",
+            "equal, inverse_loss(min_weight=0.0)",
+            "--seeds",
+            "1",
+            "--steps",
+            "20",
+            "--eval-every",
+            "10",
+            "--hidden",
+            "8",
+            "--batch",
+            "16",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "runs.json",
+        "runs.csv",
+        "table.md",
+        "poisson_error.png",
+        "poisson_weights.png",
+        "poisson_solution.png",
+    }
+    assert set(paths.values()) == {out / name for name in names}
+    for name in names:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    data = json.loads((out / "runs.json").read_text())
+    assert data["command"].startswith("python -m benchmarks.pinn --problem poisson")
+    assert [r["method"] for r in data["runs"]] == [
+        "equal",
+        "inverse_loss(min_weight=0.0)",
+    ]
+    for run in data["runs"]:
+        assert run["problem"] == "poisson" and run["seed"] == 0
+        assert run["steps"] == 20 and run["train_seconds"] > 0
+        assert run["error_history"]["steps"] == [10, 20]
+        assert run["final_rel_l2"] == run["error_history"]["rel_l2"][-1]
+        assert run["best_rel_l2"] == min(run["error_history"]["rel_l2"])
+        assert set(run["final_weights"]) == {"pde", "bc"}
+        assert run["weight_history"]["steps"][-1] == 20
+    equal, bare = data["runs"]
+    assert equal["final_weights"] == {"pde": 1.0, "bc": 1.0}
+    # Bare inverse loss: the weights sum to 1, and the larger PDE loss gets less.
+    assert sum(bare["final_weights"].values()) == pytest.approx(1.0, rel=1e-5)
+    assert bare["final_weights"]["pde"] < bare["final_weights"]["bc"]
+
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert [r["method"] for r in rows] == ["equal", "inverse_loss(min_weight=0.0)"]
+    assert rows[0]["final_weights"] == "bc=1;pde=1"
+    assert float(rows[1]["final_rel_l2"]) == bare["final_rel_l2"]
+
+    table = (out / "table.md").read_text()
+    assert "| `equal` |" in table and "| `inverse_loss(min_weight=0.0)` |" in table
+    assert "1.00 (" in table  # equal's time per step relative to itself
+    printed = capsys.readouterr().out
+    assert "| `equal` |" in printed and str(out / "poisson_solution.png") in printed
+
+
+def test_bad_method_is_a_usage_error_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pinn.main(["--methods", "equal,no_such_method", "--out", str(tmp_path)])
+    message = capsys.readouterr().err
+    assert "unknown method 'no_such_method'" in message
+    assert "inverse_loss" in message
+    assert not list(tmp_path.iterdir())
+
+
+def test_parse_valid_specs():
+    spec = methods.parse_method("inverse_loss")
+    assert (spec.name, spec.args, spec.kwargs) == ("inverse_loss", (), ())
+    spec = methods.parse_method(" inverse_loss( min_weight = 0.0, ema_decay=0.9 ) ")
+    assert spec.text == "inverse_loss(min_weight=0.0, ema_decay=0.9)"
+    assert dict(spec.kwargs) == {"min_weight": 0.0, "ema_decay": 0.9}
+    # Arithmetic and negative numbers: 0.1 / 2 = 0.05, -(-3) = 3.
+    spec = methods.parse_method("inverse_loss(min_weight=0.1 / 2, update_every=-(-3))")
+    assert dict(spec.kwargs) == {"min_weight": 0.05, "update_every": 3}
+    spec = methods.parse_method("inverse_loss(1e-8)")  # positional: eps
+    assert spec.args == (1e-8,)
+    assert methods.parse_method("equal").name == "equal"
+
+
+def test_parse_list_splits_at_top_level_commas_only():
+    specs = methods.parse_methods(
+        "equal,inverse_loss(min_weight=0.0, max_weight=0.9),inverse_loss"
+    )
+    assert [s.text for s in specs] == [
+        "equal",
+        "inverse_loss(min_weight=0.0, max_weight=0.9)",
+        "inverse_loss",
+    ]
+
+
+def test_bare_names_are_strings_or_library_objects():
+    node = methods._parse("f(a=frozen, b=inverse_loss, c={pde: 1, 'bc': 10})", "t")
+    values = {k.arg: methods._value(k.value, "t") for k in node.keywords}
+    assert values["a"] == "frozen"
+    assert values["b"] is oil.inverse_loss
+    assert values["c"] == {"pde": 1, "bc": 10}
+
+
+def test_unknown_name_lists_the_available_methods():
+    with pytest.raises(ValueError, match="unknown method 'invers_loss'") as info:
+        methods.parse_method("invers_loss(min_weight=0.0)")
+    assert "equal" in str(info.value) and "inverse_loss" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("inverse_loss(min_weight=", "cannot parse"),
+        ("inverse_loss(min_weight=0.0", "cannot parse"),
+        ("inverse_loss(min_weight=__import__('os'))", "not a literal"),
+        ("inverse_loss(min_weight=open)", "arithmetic|not a literal|min_weight"),
+        ("inverse_loss.attr", "write a method as"),
+        ("inverse_loss(**{'eps': 1.0})", r"'\*' and '\*\*'"),
+        ("inverse_loss(min_weight='a' * 2)", "not a number"),
+        ("inverse_loss(no_such_arg=1)", "unexpected keyword"),
+        ("equal(1)", "takes no arguments"),
+        ("equal,equal", "named twice"),
+    ],
+)
+def test_bad_specs_are_errors(text, match):
+    with pytest.raises(ValueError, match=match):
+        if "," in text:
+            methods.parse_methods(text)
+        else:
+            spec = methods.parse_method(text)
+            spec.build(get_problem("poisson"))
+
+
+def test_bad_hyperparameter_names_the_method_and_problem():
+    spec = methods.parse_method("inverse_loss(ema_decay=1.5)")
+    with pytest.raises(ValueError, match=r"inverse_loss\(ema_decay=1.5\).*poisson"):
+        spec.build(get_problem("poisson"))
+
+
+def test_factories_are_the_public_weighting_factories():
+    found = methods.factories()
+    assert "inverse_loss" in found
+    for name in ("with_weighting", "weighted_sum", "loss_weights", "WeightingMethod"):
+        assert name not in found
+    assert set(found) <= set(oil.__all__)
+
+
+def test_problem_defaults_fill_reference_and_weights(monkeypatch):
+    def fake(reference: str = "x", weights=None) -> oil.WeightingMethod:
+        return (reference, weights)
+
+    def needs(weights) -> oil.WeightingMethod:
+        return weights
+
+    monkeypatch.setattr(methods, "factories", lambda: {"fake": fake, "needs": needs})
+    poisson = get_problem("poisson")
+    # The residual term is the first term; an optional dict is left alone.
+    assert methods.parse_method("fake").build(poisson) == ("pde", None)
+    assert methods.parse_method("fake(reference='bc')").build(poisson) == ("bc", None)
+    # A required dict: the hand-tuned weights, or 1 per term; partial dicts filled.
+    assert methods.parse_method("needs").build(poisson) == {"pde": 1.0, "bc": 100.0}
+    wave = get_problem("wave")
+    assert methods.parse_method("needs").build(wave) == dict.fromkeys(
+        wave.term_names, 1.0
+    )
+    assert methods.parse_method("needs(weights={bc: 5})").build(wave) == {
+        "pde": 1.0,
+        "bc": 5,
+        "ic": 1.0,
+        "ic_t": 1.0,
+    }
+
+
+def test_solution_plot_2d(tmp_path):
+    problem = get_problem("helmholtz")
+    _, exact = problem.reference()
+    path = tmp_path / "s.png"
+    plots.solution_plot(path, problem, exact + 0.01, "test")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_relative_time_without_equal():
+    runs = [
+        dict(
+            problem="p",
+            preset="quick",
+            method=m,
+            seed=s,
+            steps=10,
+            seconds_per_step=t,
+            final_rel_l2=e,
+            best_rel_l2=e,
+            final_weights={"a": 0.5, "b": 0.5},
+        )
+        for m, t in (("x", 1.0), ("y", 3.0))
+        for s, e in ((0, 0.1), (1, 0.3), (2, 0.2))
+    ]
+    text = report.table(runs, "p", ["x", "y"])
+    assert "time/step vs x" in text
+    # Median 0.2 of (0.1, 0.3, 0.2); y is 3x slower than x.
+    assert "| `y` | 0.2 [0.1-0.3] | 0.2 [0.1-0.3] | 3.00 (3e+03 ms) |" in text
+    assert np.isclose(report.summary(runs, "p", ["y"])[0]["seconds_per_step"], 3.0)
