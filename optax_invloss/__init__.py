@@ -13,6 +13,7 @@ from optax_invloss._base import (
 )
 from optax_invloss._inverse import InverseLossState, inverse_loss
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
+from optax_invloss._sharding import global_mean, sharded
 
 __version__ = "0.1.0"
 
@@ -20,8 +21,10 @@ __all__ = (
     "InverseLossState",
     "WeightedOptimizerState",
     "WeightingMethod",
+    "global_mean",
     "inverse_loss",
     "loss_weights",
+    "sharded",
     "weighted_sum",
     "with_weighting",
 )
