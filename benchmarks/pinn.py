@@ -51,7 +51,7 @@ MAIN_METHODS = (
     "softadapt",
 )
 #: The main job's step count (the quick preset's is for the committed results).
-MAIN_STEPS = 3000
+MAIN_STEPS = 5000
 
 
 def main_methods() -> str:
@@ -79,11 +79,14 @@ def _settings(problem: Problem, args: argparse.Namespace):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.pinn",
-        description="Compare loss-weighting methods on PINN benchmarks.",
+        description="Compare loss-weighting methods on PINN benchmarks. Without "
+        "--problem, --methods, --preset, --seeds, --steps, --hidden or --batch it "
+        f"runs the main job: {MAIN_STEPS} steps of the quick preset on helmholtz, "
+        "one seed, the default methods.",
     )
     p.add_argument(
         "--problem",
-        default="helmholtz",
+        default=None,
         help="a problem, a comma-separated list, or 'all' (default: helmholtz)",
     )
     p.add_argument(
@@ -93,17 +96,19 @@ def parser() -> argparse.ArgumentParser:
         "'equal,inverse_loss,lr_annealing(update_every=10)' (default: "
         f"{main_methods()})",
     )
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: 1)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 1)")
     p.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="training steps per run (default: the preset's; the main job, run "
-        f"without arguments, uses {MAIN_STEPS})",
+        help=f"training steps per run (default: the preset's; {MAIN_STEPS} for the "
+        "main job)",
     )
-    p.add_argument("--preset", default="quick", help="quick or paper (default quick)")
+    p.add_argument("--preset", default=None, help="quick or paper (default: quick)")
     p.add_argument(
-        "--out", default=None, help="output folder (default: benchmarks/out/<name>)"
+        "--out",
+        default=None,
+        help="output folder (default: benchmarks/out/<problem>-<preset>)",
     )
     p.add_argument(
         "--eval-every", type=int, default=500, help="steps between error evaluations"
@@ -116,6 +121,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--list", action="store_true", help="list problems and methods")
     return p
+
+
+def _resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fills the defaults; the main job's step count when no run shape is given."""
+    shape = ("problem", "methods", "preset", "seeds", "steps", "hidden", "batch")
+    if all(getattr(args, name) is None for name in shape):
+        args.steps = MAIN_STEPS
+    args.problem = args.problem or "helmholtz"
+    args.methods = args.methods or main_methods()
+    args.preset = args.preset or "quick"
+    args.seeds = 1 if args.seeds is None else args.seeds
+    return args
 
 
 def _prediction(problem: Problem, result) -> np.ndarray:
@@ -182,18 +199,16 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
 def main(argv: list[str] | None = None) -> dict:
     """Runs the comparison; returns the paths it wrote (``{"json": ..., ...}``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_args(argv)
+    args = _resolve(parser().parse_args(argv))
     if args.list:
         print("problems:", ", ".join(PROBLEMS))
         print("methods:", ", ".join(specs.available()))
         return {}
-    if not argv:
-        args.steps = MAIN_STEPS
     if args.seeds < 1:
         parser().error(f"--seeds must be >= 1, got {args.seeds}")
     try:
         problems = _problems(args.problem)
-        method_specs = specs.parse_methods(args.methods or main_methods())
+        method_specs = specs.parse_methods(args.methods)
         for problem in problems:  # every method builds before any training
             _settings(problem, args)
             for spec in method_specs:
