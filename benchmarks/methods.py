@@ -79,14 +79,24 @@ class MethodSpec:
             ) from None
 
 
+def _is_weighting_method(annotation: Any) -> bool:
+    if isinstance(annotation, str):
+        return annotation.split(".")[-1] == "WeightingMethod"
+    return annotation is oil.WeightingMethod
+
+
 def _is_factory(obj: Any) -> bool:
-    """Whether ``obj`` is a function annotated to return a ``WeightingMethod``."""
+    """Whether ``obj`` is a function annotated to return a ``WeightingMethod``.
+
+    Wrappers that take a method and return another (``sharded``) are not
+    factories: they cannot be named on their own.
+    """
     if not inspect.isfunction(obj):
         return False
-    returns = inspect.signature(obj).return_annotation
-    if isinstance(returns, str):
-        return returns.split(".")[-1] == "WeightingMethod"
-    return returns is oil.WeightingMethod
+    signature = inspect.signature(obj)
+    if any(_is_weighting_method(p.annotation) for p in signature.parameters.values()):
+        return False
+    return _is_weighting_method(signature.return_annotation)
 
 
 def factories() -> dict[str, Callable[..., oil.WeightingMethod]]:
