@@ -13,6 +13,7 @@ from optax_invloss._base import (
 )
 from optax_invloss._inverse import InverseLossState, inverse_loss
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
+from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._softadapt import SoftAdaptState, softadapt
 from optax_invloss._static import StaticWeightsState, static_weights
 
@@ -20,12 +21,14 @@ __version__ = "0.1.0"
 
 __all__ = (
     "InverseLossState",
+    "ReLoBRaLoState",
     "SoftAdaptState",
     "StaticWeightsState",
     "WeightedOptimizerState",
     "WeightingMethod",
     "inverse_loss",
     "loss_weights",
+    "relobralo",
     "softadapt",
     "static_weights",
     "weighted_sum",

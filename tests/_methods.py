@@ -66,4 +66,8 @@ CASES = [
         "softadapt_normalized_window3_every2",
         lambda: oil.softadapt(beta=2.0, window=3, variant="normalized", update_every=2),
     ),
+    MethodCase(
+        "relobralo_frequent_lookback",
+        lambda: oil.relobralo(alpha=0.9, temperature=0.1, lookback=0.5, key=3),
+    ),
 ]
