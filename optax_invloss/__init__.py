@@ -16,6 +16,10 @@ from optax_invloss._optax import WeightedOptimizerState, with_weighting
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._softadapt import SoftAdaptState, softadapt
 from optax_invloss._static import StaticWeightsState, static_weights
+from optax_invloss._uncertainty import (
+    UncertaintyWeightingState,
+    uncertainty_weighting,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +28,7 @@ __all__ = (
     "ReLoBRaLoState",
     "SoftAdaptState",
     "StaticWeightsState",
+    "UncertaintyWeightingState",
     "WeightedOptimizerState",
     "WeightingMethod",
     "inverse_loss",
@@ -31,6 +36,7 @@ __all__ = (
     "relobralo",
     "softadapt",
     "static_weights",
+    "uncertainty_weighting",
     "weighted_sum",
     "with_weighting",
 )

@@ -70,4 +70,8 @@ CASES = [
         "relobralo_frequent_lookback",
         lambda: oil.relobralo(alpha=0.9, temperature=0.1, lookback=0.5, key=3),
     ),
+    MethodCase(
+        "uncertainty_weighting_lr0.1",
+        lambda: oil.uncertainty_weighting(learning_rate=0.1),
+    ),
 ]
