@@ -11,6 +11,7 @@ from optax_invloss._base import (
     loss_weights,
     weighted_sum,
 )
+from optax_invloss._dwa import DWAState, dwa
 from optax_invloss._inverse import InverseLossState, inverse_loss
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
@@ -24,6 +25,7 @@ from optax_invloss._uncertainty import (
 __version__ = "0.1.0"
 
 __all__ = (
+    "DWAState",
     "InverseLossState",
     "ReLoBRaLoState",
     "SoftAdaptState",
@@ -31,6 +33,7 @@ __all__ = (
     "UncertaintyWeightingState",
     "WeightedOptimizerState",
     "WeightingMethod",
+    "dwa",
     "inverse_loss",
     "loss_weights",
     "relobralo",

@@ -74,4 +74,5 @@ CASES = [
         "uncertainty_weighting_lr0.1",
         lambda: oil.uncertainty_weighting(learning_rate=0.1),
     ),
+    MethodCase("dwa_window3", lambda: oil.dwa(temperature=0.1, window=3)),
 ]
