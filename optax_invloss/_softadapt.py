@@ -99,9 +99,10 @@ def softadapt(
     holds the last ``window`` accepted losses of every step.
 
     First steps. Until the window is full (the first ``window - 1`` updates) the
-    weights are equal, ``1 / n`` each. (The authors' package starts from weights
-    of 1 each, which sum to ``n``; here they sum to 1 throughout, so the scale of
-    the total does not jump by ``n`` at the first SoftAdapt update.)
+    weights are equal, ``1 / n`` each. (The training recipe in the authors'
+    README starts from weights of 1 each, which sum to ``n``; here they sum to 1
+    throughout, so the scale of the total does not jump by ``n`` at the first
+    SoftAdapt update.)
 
     Differences, not ratios. The slopes are differences of loss values, as in the
     paper and the authors' ``softadapt`` package; some implementations (NVIDIA
