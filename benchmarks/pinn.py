@@ -179,7 +179,7 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
             log(
                 f"{problem.name} {spec.text} seed {seed}: rel. L2 "
                 f"{result.final_error:.3g} (best {result.best_error:.3g}), "
-                f"{1e3 * result.train_seconds / result.steps[-1]:.3g} ms/step"
+                f"{1e3 * result.seconds_per_step:.3g} ms/step"
             )
     medians = {
         spec.text: np.median(
@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{meta['machine']}; {wall / 60:.1f} min wall).\n\n"
         "Relative L2 error on the evaluation grid: median over seeds [min-max]; "
         "'best' is the lowest error seen at any evaluation; time per step is the "
-        "median training time per step (compilation excluded) relative to equal "
+        "median over seeds of the training time per step (compilation and the "
+        "first chunk's one-off start-up excluded) relative to equal "
         "weights (to the first method when equal was not run); final weights are "
         "medians over seeds.\n"
     )

@@ -50,7 +50,7 @@ def record(
         adam_steps=int(result.adam_steps),
         train_seconds=result.train_seconds,
         compile_seconds=result.compile_seconds,
-        seconds_per_step=result.train_seconds / steps,
+        seconds_per_step=result.seconds_per_step,
         final_rel_l2=result.final_error,
         best_rel_l2=result.best_error,
         final_weights=result.final_weights,

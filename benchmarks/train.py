@@ -47,6 +47,7 @@ class RunResult:
       skipped_updates: updates the weighting refused (NaN/Inf/negative losses).
       adam_steps: steps of the first-order phase (``steps[-1]`` when no L-BFGS
         phase follows).
+      chunk_seconds: wall time of each chunk of the first-order phase.
     """
 
     steps: np.ndarray
@@ -59,6 +60,7 @@ class RunResult:
     graphdef: object
     skipped_updates: int
     adam_steps: int = 0
+    chunk_seconds: tuple[float, ...] = ()
 
     @property
     def final_error(self) -> float:
@@ -67,6 +69,19 @@ class RunResult:
     @property
     def best_error(self) -> float:
         return float(np.min(self.errors))
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Time per first-order step, without the first chunk when there are more.
+
+        The first call of a compiled chunk carries a one-off cost (a fraction of
+        a second on a CPU) that would dominate short runs; periodic work (an
+        update every K steps) is still counted as long as the run spans it.
+        """
+        times = self.chunk_seconds
+        if len(times) < 2:
+            return sum(times) / max(self.adam_steps, 1)
+        return sum(times[1:]) / (self.adam_steps * (1 - 1 / len(times)))
 
     @property
     def final_weights(self) -> dict:
@@ -233,14 +248,14 @@ class Trainer:
         )
         if problem.full_batch:
             keys = jnp.broadcast_to(key, (self.n_chunks, chunk))
-        seconds, errors, at, losses_h, weights_h = 0.0, [], [], [], []
+        times, errors, at, losses_h, weights_h = [], [], [], [], []
         for i in range(self.n_chunks):
             start = time.perf_counter()
             (params, opt_state), (losses, weights) = self._run_chunk(
                 params, opt_state, keys[i]
             )
             jax.block_until_ready(params)
-            seconds += time.perf_counter() - start
+            times.append(time.perf_counter() - start)
             errors.append(float(self._error(params)))
             at.append((i + 1) * chunk)
             losses_h.append(jax.device_get(losses))
@@ -249,7 +264,7 @@ class Trainer:
                 progress(chunk)
             if on_eval is not None:
                 on_eval(at[-1], errors[-1])
-        adam_steps = at[-1]
+        adam_steps, seconds = at[-1], sum(times)
         if self.lbfgs_steps:
             batch = problem.sample(key, self.settings.batch)
             start = time.perf_counter()
@@ -281,6 +296,7 @@ class Trainer:
             graphdef=self.graphdef,
             skipped_updates=int(opt_state.weighting_state.skipped_updates),
             adam_steps=adam_steps,
+            chunk_seconds=tuple(times),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -227,3 +228,25 @@ def test_table_relative_time_without_equal():
     # Median 0.2 of (0.1, 0.3, 0.2); y is 3x slower than x.
     assert "| `y` | 0.2 [0.1-0.3] | 0.2 [0.1-0.3] | 3.00 (3e+03 ms) |" in text
     assert np.isclose(report.summary(runs, "p", ["y"])[0]["seconds_per_step"], 3.0)
+
+
+def test_seconds_per_step_leaves_out_the_first_chunk():
+    from benchmarks.train import RunResult
+
+    result = RunResult(
+        steps=np.asarray([10, 20, 30]),
+        errors=np.ones(3),
+        losses={},
+        weights={},
+        train_seconds=3.5,
+        compile_seconds=0.0,
+        params=None,
+        graphdef=None,
+        skipped_updates=0,
+        adam_steps=30,
+        chunk_seconds=(2.5, 0.4, 0.6),
+    )
+    # (0.4 + 0.6) s over the 20 steps of chunks 2 and 3: 0.05 s per step.
+    assert result.seconds_per_step == pytest.approx(0.05)
+    one = dataclasses.replace(result, adam_steps=10, chunk_seconds=(2.0,))
+    assert one.seconds_per_step == pytest.approx(0.2)  # 2.0 s / 10 steps
