@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
         "Relative L2 error on the evaluation grid: median over seeds [min-max]; "
         "'best' is the lowest error seen at any evaluation; time per step is the "
         "median over seeds of the training time per step (compilation and the "
-        "first chunk's one-off start-up excluded) relative to equal "
-        "weights (to the first method when equal was not run); final weights are "
+        "first chunk's one-off start-up excluded) relative to equal weights (to "
+        "the first method when equal was not run), in wall time and in CPU time "
+        "of the process (steadier on a shared machine); final weights are "
         "medians over seeds.\n"
     )
     text = header + "\n" + "\n\n".join(tables) + "\n"

@@ -24,6 +24,7 @@ CSV_FIELDS = (
     "train_seconds",
     "compile_seconds",
     "seconds_per_step",
+    "cpu_seconds_per_step",
     "final_rel_l2",
     "best_rel_l2",
     "final_weights",
@@ -51,6 +52,7 @@ def record(
         train_seconds=result.train_seconds,
         compile_seconds=result.compile_seconds,
         seconds_per_step=result.seconds_per_step,
+        cpu_seconds_per_step=result.cpu_seconds_per_step,
         final_rel_l2=result.final_error,
         best_rel_l2=result.best_error,
         final_weights=result.final_weights,
@@ -110,6 +112,9 @@ def summary(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> list[
                 seconds_per_step=float(
                     np.median([r["seconds_per_step"] for r in mine])
                 ),
+                cpu_seconds_per_step=float(
+                    np.median([r.get("cpu_seconds_per_step", np.nan) for r in mine])
+                ),
                 weights={
                     t: float(np.median([r["final_weights"][t] for r in mine]))
                     for t in terms
@@ -130,14 +135,16 @@ def table(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> str:
         f"{seeds} seed{'s' if seeds > 1 else ''})",
         "",
         "| method | final rel. L2 | best rel. L2 | time/step vs "
-        f"{base['method']} | final weights |",
+        f"{base['method']}: wall, CPU (wall ms) | final weights |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
-        ratio = row["seconds_per_step"] / base["seconds_per_step"]
+        wall = row["seconds_per_step"] / base["seconds_per_step"]
+        cpu = row["cpu_seconds_per_step"] / base["cpu_seconds_per_step"]
         weights = ", ".join(f"{t} {w:.3g}" for t, w in row["weights"].items())
         lines.append(
             f"| `{row['method']}` | {_spread(row['final'])} | {_spread(row['best'])} "
-            f"| {ratio:.2f} ({1e3 * row['seconds_per_step']:.2g} ms) | {weights} |"
+            f"| {wall:.2f}, {cpu:.2f} ({1e3 * row['seconds_per_step']:.2g} ms) "
+            f"| {weights} |"
         )
     return "\n".join(lines)

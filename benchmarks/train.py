@@ -48,6 +48,8 @@ class RunResult:
       adam_steps: steps of the first-order phase (``steps[-1]`` when no L-BFGS
         phase follows).
       chunk_seconds: wall time of each chunk of the first-order phase.
+      chunk_cpu_seconds: CPU time of the process (all threads) during each
+        chunk; steadier than wall time on a shared machine.
     """
 
     steps: np.ndarray
@@ -61,6 +63,7 @@ class RunResult:
     skipped_updates: int
     adam_steps: int = 0
     chunk_seconds: tuple[float, ...] = ()
+    chunk_cpu_seconds: tuple[float, ...] = ()
 
     @property
     def final_error(self) -> float:
@@ -78,7 +81,14 @@ class RunResult:
         a second on a CPU) that would dominate short runs; periodic work (an
         update every K steps) is still counted as long as the run spans it.
         """
-        times = self.chunk_seconds
+        return self._per_step(self.chunk_seconds)
+
+    @property
+    def cpu_seconds_per_step(self) -> float:
+        """Like ``seconds_per_step``, in CPU time of all the process's threads."""
+        return self._per_step(self.chunk_cpu_seconds)
+
+    def _per_step(self, times) -> float:
         if len(times) < 2:
             return sum(times) / max(self.adam_steps, 1)
         return sum(times[1:]) / (self.adam_steps * (1 - 1 / len(times)))
@@ -248,14 +258,15 @@ class Trainer:
         )
         if problem.full_batch:
             keys = jnp.broadcast_to(key, (self.n_chunks, chunk))
-        times, errors, at, losses_h, weights_h = [], [], [], [], []
+        times, cpu_times, errors, at, losses_h, weights_h = [], [], [], [], [], []
         for i in range(self.n_chunks):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             (params, opt_state), (losses, weights) = self._run_chunk(
                 params, opt_state, keys[i]
             )
             jax.block_until_ready(params)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             errors.append(float(self._error(params)))
             at.append((i + 1) * chunk)
             losses_h.append(jax.device_get(losses))
@@ -297,6 +308,7 @@ class Trainer:
             skipped_updates=int(opt_state.weighting_state.skipped_updates),
             adam_steps=adam_steps,
             chunk_seconds=tuple(times),
+            chunk_cpu_seconds=tuple(cpu_times),
         )
 
 

@@ -80,7 +80,7 @@ def test_runner_end_to_end_writes_every_output(tmp_path, capsys):
 
     table = (out / "table.md").read_text()
     assert "| `equal` |" in table and "| `inverse_loss(min_weight=0.0)` |" in table
-    assert "1.00 (" in table  # equal's time per step relative to itself
+    assert "1.00, 1.00 (" in table  # equal's time per step relative to itself
     printed = capsys.readouterr().out
     assert "| `equal` |" in printed and str(out / "poisson_solution.png") in printed
 
@@ -216,6 +216,7 @@ def test_table_relative_time_without_equal():
             seed=s,
             steps=10,
             seconds_per_step=t,
+            cpu_seconds_per_step=2 * t,
             final_rel_l2=e,
             best_rel_l2=e,
             final_weights={"a": 0.5, "b": 0.5},
@@ -225,8 +226,8 @@ def test_table_relative_time_without_equal():
     ]
     text = report.table(runs, "p", ["x", "y"])
     assert "time/step vs x" in text
-    # Median 0.2 of (0.1, 0.3, 0.2); y is 3x slower than x.
-    assert "| `y` | 0.2 [0.1-0.3] | 0.2 [0.1-0.3] | 3.00 (3e+03 ms) |" in text
+    # Median 0.2 of (0.1, 0.3, 0.2); y is 3x slower than x in wall and CPU time.
+    assert "| `y` | 0.2 [0.1-0.3] | 0.2 [0.1-0.3] | 3.00, 3.00 (3e+03 ms) |" in text
     assert np.isclose(report.summary(runs, "p", ["y"])[0]["seconds_per_step"], 3.0)
 
 
