@@ -11,17 +11,32 @@ from optax_invloss._base import (
     loss_weights,
     weighted_sum,
 )
+from optax_invloss._grad_norm import GradNormBalanceState, grad_norm_balance
+from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
+from optax_invloss._gradnorm import GradNormState, gradnorm
 from optax_invloss._inverse import InverseLossState, inverse_loss
+from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
+from optax_invloss._ntk import NTKWeightsState, ntk_weights
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "GradNormBalanceState",
+    "GradNormState",
     "InverseLossState",
+    "LRAnnealingState",
+    "NTKWeightsState",
     "WeightedOptimizerState",
     "WeightingMethod",
+    "grad_norm_balance",
+    "gradnorm",
     "inverse_loss",
+    "last_layer_mask",
     "loss_weights",
+    "lr_annealing",
+    "ntk_weights",
+    "weight_matrix_mask",
     "weighted_sum",
     "with_weighting",
 )
