@@ -8,7 +8,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from optax_invloss import _base, _gradients
 
@@ -44,40 +43,47 @@ def kernel_traces(
 
     One forward pass of ``residual_fn`` (a ``jax.vjp``), then one vector-Jacobian
     product per residual entry with a one-hot cotangent, which is the row
-    :math:`\partial r_k / \partial\theta` of the Jacobian; rows are computed
-    ``chunk_size`` at a time (``jax.lax.map`` with ``batch_size``; all at once
-    when ``chunk_size`` is None). Returns ``(traces, counts)``: the traces as a
-    vector in the losses' leaf order, in ``dtype``, and the number of residual
-    entries of each term (a NumPy array).
+    :math:`\partial r_k / \partial\theta` of the Jacobian; each term's rows are
+    computed ``chunk_size`` at a time (``jax.lax.map`` with ``batch_size``; all
+    at once when ``chunk_size`` is None or covers the term). Returns
+    ``(traces, counts)``: the traces as a vector in the losses' leaf order, in
+    ``dtype``, and the number of residual entries of each term (a NumPy array).
     """
     g, selected = _gradients.restrict(residual_fn, params, flags)
     residuals, vjp_fn = jax.vjp(g, selected)
     _base.check_structure(residuals, losses, what="the output of residual_fn(params)")
+    leaves, treedef = jax.tree.flatten(residuals)
     for path, leaf in jax.tree_util.tree_flatten_with_path(residuals)[0]:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             raise ValueError(
                 f"{method}: residual {jax.tree_util.keystr(path)} has dtype "
                 f"{leaf.dtype}; residuals must be floating point."
             )
-    flat, unravel = ravel_pytree(residuals)
-    sizes = [int(np.size(leaf)) for leaf in jax.tree.leaves(residuals)]
-    total = int(flat.shape[0])
-    if total == 0:
-        raise ValueError(f"{method}: residual_fn(params) returned no residuals.")
 
-    def row_square_norm(k):
-        cotangent = unravel(jax.nn.one_hot(k, total, dtype=flat.dtype))
-        (row,) = vjp_fn(cotangent)
-        return _gradients.sum_of_squares([r.astype(dtype) for r in row])
+    def term_trace(i, residual):
+        size = int(np.size(residual))
+        if size == 0:
+            return jnp.zeros((), dtype)
 
-    index = jnp.arange(total)
-    if chunk_size is None or chunk_size >= total:
-        rows = jax.vmap(row_square_norm)(index)
-    else:
-        rows = jax.lax.map(row_square_norm, index, batch_size=chunk_size)
-    term_of_row = np.repeat(np.arange(len(sizes)), sizes)
-    traces = jax.ops.segment_sum(rows, term_of_row, num_segments=len(sizes))
-    return traces, np.asarray(sizes)
+        def row_square_norm(k):
+            # The one-hot cotangent of entry k of term i, zero elsewhere. It is
+            # built on zeros_like(residual) so that it keeps the residual's
+            # sharding when the points are sharded over devices.
+            one_hot = jnp.arange(size).reshape(jnp.shape(residual)) == k
+            cotangent = [jnp.zeros_like(leaf) for leaf in leaves]
+            cotangent[i] = cotangent[i] + one_hot.astype(residual.dtype)
+            (row,) = vjp_fn(jax.tree.unflatten(treedef, cotangent))
+            return _gradients.sum_of_squares([r.astype(dtype) for r in row])
+
+        index = jnp.arange(size)
+        if chunk_size is None or chunk_size >= size:
+            rows = jax.vmap(row_square_norm)(index)
+        else:
+            rows = jax.lax.map(row_square_norm, index, batch_size=chunk_size)
+        return jnp.sum(rows)
+
+    traces = jnp.stack([term_trace(i, r) for i, r in enumerate(leaves)])
+    return traces, np.asarray([np.size(r) for r in leaves])
 
 
 def ntk_weights(

@@ -1,0 +1,1 @@
+"""Benchmarks for optax_invloss: PINN problems and the comparison runner."""

@@ -1,0 +1,142 @@
+r"""2D Helmholtz equation, the primary benchmark (Wang, Teng & Perdikaris 2021).
+
+.. math::
+
+  \Delta u + k^2 u = q \quad \text{on } (-1, 1)^2, \qquad u = 0 \text{ on the boundary},
+
+with :math:`k = 1` and the source :math:`q` chosen so that the exact solution is
+:math:`u = \sin(a_1 \pi x) \sin(a_2 \pi y)`, :math:`a_1 = 1`, :math:`a_2 = 4`.
+
+Two groupings of the same loss: ``helmholtz`` has the terms ``"pde"`` and ``"bc"``
+(all four sides together), ``helmholtz5`` has ``"pde"``, ``"left"``, ``"right"``,
+``"bottom"`` and ``"top"``. For the same key both draw the same points.
+
+References:
+  Wang, Teng, Perdikaris, `Understanding and mitigating gradient flow pathologies in
+  physics-informed neural networks <https://arxiv.org/abs/2001.04536>`_, SIAM J. Sci.
+  Comput. 43(5), 2021.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.problems._base import (
+    ApplyFn,
+    Batch,
+    Preset,
+    Problem,
+    grid,
+    per_point,
+    uniform,
+)
+
+A1 = 1.0
+A2 = 4.0
+K = 1.0
+SIDES = ("left", "right", "bottom", "top")
+
+_PRESETS = {
+    # The paper's network, schedule and points; 40k steps take minutes on a CPU,
+    # so the quick preset keeps everything but the step count.
+    "quick": Preset(layers=(2, 50, 50, 50, 1), batch=128, steps=10_000),
+    "paper": Preset(layers=(2, 50, 50, 50, 1), batch=128, steps=40_000),
+}
+
+
+def exact(x: jax.Array) -> jax.Array:
+    """Exact solution ``sin(a1 pi x) sin(a2 pi y)``: shape (..., 2) -> (...)."""
+    return jnp.sin(A1 * jnp.pi * x[..., 0]) * jnp.sin(A2 * jnp.pi * x[..., 1])
+
+
+def source(x: jax.Array) -> jax.Array:
+    """Source ``q = lap u + k^2 u`` of the exact solution: (..., 2) -> (...)."""
+    factor = K**2 - (A1 * jnp.pi) ** 2 - (A2 * jnp.pi) ** 2
+    return factor * exact(x)
+
+
+def _sample_pieces(key: jax.Array, batch: int) -> Batch:
+    """``batch`` residual points and ``batch`` points on each side of the square."""
+    k_pde, k_left, k_right, k_bottom, k_top = jax.random.split(key, 5)
+    ones = jnp.ones((batch, 1))
+    along = lambda k: uniform(k, batch, [-1.0], [1.0])
+    return {
+        "pde": uniform(k_pde, batch, [-1.0, -1.0], [1.0, 1.0]),
+        "left": jnp.concatenate([-ones, along(k_left)], axis=1),
+        "right": jnp.concatenate([ones, along(k_right)], axis=1),
+        "bottom": jnp.concatenate([along(k_bottom), -ones], axis=1),
+        "top": jnp.concatenate([along(k_top), ones], axis=1),
+    }
+
+
+def sample5(key: jax.Array, batch: int) -> Batch:
+    """Points for ``helmholtz5``: ``"pde"`` and each side, all of shape (batch, 2)."""
+    return _sample_pieces(key, batch)
+
+
+def sample2(key: jax.Array, batch: int) -> Batch:
+    """Points for ``helmholtz``: ``{"pde": (batch, 2), "bc": (4 * batch, 2)}``.
+
+    The boundary points are ``batch`` per side, concatenated in the order left,
+    right, bottom, top, exactly the points :func:`sample5` draws for the same key.
+    """
+    pieces = _sample_pieces(key, batch)
+    return {
+        "pde": pieces["pde"],
+        "bc": jnp.concatenate([pieces[side] for side in SIDES], axis=0),
+    }
+
+
+def _pde_residual(apply_fn: ApplyFn, x: jax.Array) -> jax.Array:
+    """``lap u + k^2 u - q`` at one point."""
+    laplacian = jnp.trace(jax.hessian(apply_fn)(x))
+    return laplacian + K**2 * apply_fn(x) - source(x)
+
+
+def residuals5(apply_fn: ApplyFn, batch: Batch) -> dict[str, jax.Array]:
+    """Per-point residuals of the 5-term loss: PDE residual and ``u`` on each side."""
+    out = {"pde": per_point(lambda x: _pde_residual(apply_fn, x), batch["pde"])}
+    for side in SIDES:
+        out[side] = per_point(apply_fn, batch[side])
+    return out
+
+
+def residuals2(apply_fn: ApplyFn, batch: Batch) -> dict[str, jax.Array]:
+    """Per-point residuals of the 2-term loss: PDE residual, ``u`` on the boundary."""
+    return {
+        "pde": per_point(lambda x: _pde_residual(apply_fn, x), batch["pde"]),
+        "bc": per_point(apply_fn, batch["bc"]),
+    }
+
+
+def eval_points() -> np.ndarray:
+    """The 100 x 100 uniform grid on [-1, 1]^2, flattened to (10000, 2), x slowest."""
+    axis = np.linspace(-1.0, 1.0, 100)
+    return grid(axis, axis)
+
+
+HELMHOLTZ = Problem(
+    name="helmholtz",
+    input_dim=2,
+    term_names=("pde", "bc"),
+    presets=_PRESETS,
+    sample=sample2,
+    residuals=residuals2,
+    exact=exact,
+    eval_points=eval_points,
+    eval_shape=(100, 100),
+)
+
+HELMHOLTZ5 = Problem(
+    name="helmholtz5",
+    input_dim=2,
+    term_names=("pde", *SIDES),
+    presets=_PRESETS,
+    sample=sample5,
+    residuals=residuals5,
+    exact=exact,
+    eval_points=eval_points,
+    eval_shape=(100, 100),
+)
