@@ -185,9 +185,11 @@ def test_traces_on_a_subset_of_parameters():
     params = mlp_params(jax.random.PRNGKey(0))
     losses = {k: jnp.mean(r**2) for k, r in mlp_residual_fn(params).items()}
     flags = [jnp.ndim(p) >= 2 for p in jax.tree.leaves(params)]
-    traces, _ = _ntk.kernel_traces(
-        mlp_residual_fn, params, flags, losses, jnp.float64, chunk_size=4
-    )
+    traces, _ = jax.jit(
+        lambda p: _ntk.kernel_traces(
+            mlp_residual_fn, p, flags, losses, jnp.float64, chunk_size=4
+        )
+    )(params)
     expected = dense_traces(params, matrices_only=True)
     np.testing.assert_allclose(traces, expected, rtol=1e-10)
 
