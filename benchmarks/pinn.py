@@ -48,10 +48,9 @@ MAIN_METHODS = (
     "inverse_loss(min_weight=0.0)",
     "lr_annealing",
     "relobralo",
-    "softadapt",
 )
 #: The main job's step count (the quick preset's is for the committed results).
-MAIN_STEPS = 5000
+MAIN_STEPS = 4000
 
 
 def main_methods() -> str:
