@@ -12,16 +12,30 @@ from optax_invloss._base import (
     weighted_sum,
 )
 from optax_invloss._inverse import InverseLossState, inverse_loss
+from optax_invloss._lbfgs import (
+    LBFGSInfo,
+    log_objective,
+    reset_lbfgs,
+    reset_on_new_weights,
+    run_lbfgs,
+    weighted_objective,
+)
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
 
 __version__ = "0.1.0"
 
 __all__ = (
     "InverseLossState",
+    "LBFGSInfo",
     "WeightedOptimizerState",
     "WeightingMethod",
     "inverse_loss",
+    "log_objective",
     "loss_weights",
+    "reset_lbfgs",
+    "reset_on_new_weights",
+    "run_lbfgs",
+    "weighted_objective",
     "weighted_sum",
     "with_weighting",
 )
