@@ -32,8 +32,10 @@ formula, :math:`w_i = (1/L_i) / \sum_j (1/L_j)`,
 
 The two directions agree exactly (for :math:`\epsilon = 0` and no caps); the
 lengths differ by the positive factor :math:`(\sum_j 1/L_j)^{-1}`, which
-changes from point to point. L-BFGS with a Wolfe line search does not care
-about that factor: the step length absorbs it. So recomputing inverse-loss
+changes from point to point. A line search absorbs such a factor into the step
+length (and L-BFGS with ``optax.lbfgs``'s scaled initial preconditioner takes
+the same steps on :math:`c f` as on :math:`f` for any constant :math:`c > 0`,
+apart from the length of its very first step). So recomputing inverse-loss
 weights at every iterate and following the weighted gradient is, up to step
 lengths, gradient descent on :math:`\sum_i \log L_i`, and that function is a
 fixed objective L-BFGS can minimise directly. Its stationary points are
@@ -59,6 +61,18 @@ What :math:`\epsilon` and the method's options change:
 
 Other weighting methods have no such fixed objective: use ``"frozen"`` or
 ``"refreshed"`` for them.
+
+Which policy. ``"frozen"`` is the default and the common practice. Use
+``"refreshed"`` when the weights should keep adapting, with tens of iterations
+between refreshes (each refresh restarts L-BFGS from a gradient step). Do not
+recompute the weights at every iteration without a reset: on 2D Helmholtz with
+the bare formula, the value the line search started from was then off by up to
+13 times the objective, and 59 of 600 line searches failed (none with a
+refresh every 50 iterations and a reset). The log objective is the bare
+formula's and shares its runaway: on the same benchmark L-BFGS drove boundary
+terms to 1e-5 to 1e-7 while the PDE residual rose 7 to 53 times; use it only
+where the bare formula is known to behave. The numbers and the command are in
+``benchmarks/results/lbfgs_policies.md``.
 
 The pieces: :func:`weighted_objective` and :func:`log_objective` build the
 ``value_fn`` that the line search calls, from the same ``loss_fn`` and weights
@@ -169,8 +183,8 @@ def log_objective(loss_fn: LossFn, *, eps: float = 1e-12) -> Callable[[Any], jax
     r"""The ``value_fn`` :math:`p \mapsto \sum_i \log(L_i(p) + \epsilon)`.
 
     The fixed objective whose gradient is parallel to the gradient of the
-    inverse-loss weighted total (see the module notes above :func:`run_lbfgs`):
-    with :math:`w_i = (1/L_i) / \sum_j (1/L_j)` held constant,
+    inverse-loss weighted total: with :math:`w_i = (1/L_i) / \sum_j (1/L_j)`
+    held constant,
 
     .. math::
 
@@ -181,6 +195,14 @@ def log_objective(loss_fn: LossFn, *, eps: float = 1e-12) -> Callable[[Any], jax
     the objective below by :math:`n \log \epsilon` and each term's effective
     weight by :math:`1/\epsilon`, as the ``eps`` of
     :func:`optax_invloss.inverse_loss` does; the default is that method's.
+
+    It is the fixed objective of the *bare* formula (no caps), and has the same
+    runaway mode: lowering a term that is easy to drive to zero by a factor of
+    10 is worth as much as lowering a hard one by 10. On the 2D Helmholtz
+    benchmark, L-BFGS on this objective drove the boundary terms to 1e-5 to 1e-7
+    and let the PDE residual grow 7 to 53 times
+    (``benchmarks/results/lbfgs_policies.md``). Prefer frozen weights unless the
+    bare formula is known to behave on your problem.
 
     Args:
       loss_fn: ``loss_fn(params) -> losses``, a pytree of non-negative scalar
@@ -439,7 +461,9 @@ def run_lbfgs(
 
     Args:
       loss_fn: ``loss_fn(params) -> losses``, a pytree of scalar loss terms on a
-        fixed batch (L-BFGS needs a deterministic objective).
+        fixed batch (L-BFGS needs a deterministic objective). It is a static
+        argument of the compiled loop: pass the same function object again to
+        reuse the compiled program (for the next phase, or the next seed).
       params: the starting parameters, any pytree of float arrays (for Flax
         NNX, the ``nnx.State`` of ``nnx.split(model, nnx.Param, ...)``).
       weighting_state: the weighting state to start from: a method's state, an
@@ -472,6 +496,15 @@ def run_lbfgs(
       [0 0 0 0 1 0 0 0 1 0 0 0]
       >>> print(int(state.weighting_step))  # the first update, then 2 refreshes
       3
+
+    References:
+      Liu and Nocedal, `On the limited memory BFGS method for large scale
+      optimization <https://doi.org/10.1007/BF01589116>`_, Math. Program. 45,
+      1989.
+
+      Nocedal and Wright, `Numerical Optimization
+      <https://doi.org/10.1007/978-0-387-40065-5>`_, Algorithms 3.5, 3.6 (zoom
+      line search) and 7.4, 7.5 (L-BFGS), 2006.
     """
     _check_policy(policy, method, refresh_every, weighting_state, iterations)
     if policy == "log":
