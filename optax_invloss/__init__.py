@@ -11,6 +11,10 @@ from optax_invloss._base import (
     loss_weights,
     weighted_sum,
 )
+from optax_invloss._dwa import DWAState, dwa
+from optax_invloss._grad_norm import GradNormBalanceState, grad_norm_balance
+from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
+from optax_invloss._gradnorm import GradNormState, gradnorm
 from optax_invloss._inverse import InverseLossState, inverse_loss
 from optax_invloss._lbfgs import (
     LBFGSInfo,
@@ -20,21 +24,53 @@ from optax_invloss._lbfgs import (
     run_lbfgs,
     weighted_objective,
 )
+from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
+from optax_invloss._ntk import NTKWeightsState, ntk_weights
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
+from optax_invloss._relobralo import ReLoBRaLoState, relobralo
+from optax_invloss._sharding import global_mean, sharded
+from optax_invloss._softadapt import SoftAdaptState, softadapt
+from optax_invloss._static import StaticWeightsState, static_weights
+from optax_invloss._uncertainty import (
+    UncertaintyWeightingState,
+    uncertainty_weighting,
+)
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "DWAState",
+    "GradNormBalanceState",
+    "GradNormState",
     "InverseLossState",
     "LBFGSInfo",
+    "LRAnnealingState",
+    "NTKWeightsState",
+    "ReLoBRaLoState",
+    "SoftAdaptState",
+    "StaticWeightsState",
+    "UncertaintyWeightingState",
     "WeightedOptimizerState",
     "WeightingMethod",
+    "dwa",
+    "global_mean",
+    "grad_norm_balance",
+    "gradnorm",
     "inverse_loss",
+    "last_layer_mask",
     "log_objective",
     "loss_weights",
+    "lr_annealing",
+    "ntk_weights",
+    "relobralo",
     "reset_lbfgs",
     "reset_on_new_weights",
     "run_lbfgs",
+    "sharded",
+    "softadapt",
+    "static_weights",
+    "uncertainty_weighting",
+    "weight_matrix_mask",
     "weighted_objective",
     "weighted_sum",
     "with_weighting",

@@ -119,7 +119,7 @@ True
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -428,6 +428,32 @@ def _check_policy(policy, method, refresh_every, weighting_state, iterations):
         )
 
 
+def _check_method_inputs(method_inputs, policy) -> tuple:
+    """``method_inputs`` as a sorted tuple of items (a static, hashable argument)."""
+    if method_inputs is None:
+        return ()
+    if policy != "refreshed":
+        raise ValueError(
+            "method_inputs is only used with policy='refreshed', got policy = "
+            f"{policy!r}."
+        )
+    items = tuple(sorted(dict(method_inputs).items()))
+    for name, value in items:
+        if name in ("params", "loss_fn"):
+            raise ValueError(
+                f"method_inputs must not hold {name!r}: run_lbfgs passes params= "
+                "and loss_fn= to the method itself."
+            )
+        try:
+            hash(value)
+        except TypeError:
+            raise ValueError(
+                f"method_inputs[{name!r}] must be hashable (a function of the "
+                f"parameters, say), got {type(value).__name__}."
+            ) from None
+    return items
+
+
 def run_lbfgs(
     loss_fn: LossFn,
     params: Any,
@@ -439,6 +465,7 @@ def run_lbfgs(
     refresh_every: int | None = None,
     eps: float = 1e-12,
     optimizer: optax.GradientTransformationExtraArgs | None = None,
+    method_inputs: Mapping[str, Callable] | None = None,
 ) -> tuple[Any, Any, LBFGSInfo]:
     r"""Runs ``iterations`` steps of L-BFGS on weighted losses, under one policy.
 
@@ -455,7 +482,11 @@ def run_lbfgs(
       weights change, :func:`reset_lbfgs` the optimizer state. The method sees
       only these losses (an ``ema_decay`` averages over refreshes, an
       ``update_every`` counts refreshes). It is called with the keyword
-      inputs ``params=`` and ``loss_fn=``; methods ignore inputs they do not use.
+      inputs ``params=`` and ``loss_fn=`` and those in ``method_inputs``;
+      methods ignore inputs they do not use. A method's own ``update_every``
+      counts these calls and may hold the weights on them (the gradient-based
+      methods default to 10 or 1000): for this phase, pass the method built
+      with ``update_every=1``; its state is the same.
     - ``"log"``: minimise :math:`\sum_i \log(L_i + \epsilon)`; the weights
       are not used and ``weighting_state`` comes back as given.
 
@@ -476,6 +507,10 @@ def run_lbfgs(
       eps: the :math:`\epsilon` of ``"log"``; >= 0.
       optimizer: a line-search optimizer; ``optax.lbfgs()`` by default. Pass the
         plain optimizer, not one built with ``with_weighting``.
+      method_inputs: ``"refreshed"`` only: more keyword inputs for
+        ``method.update``, such as ``{"residual_fn": residual_fn}`` for
+        :func:`optax_invloss.ntk_weights`. Functions of the parameters, static
+        arguments of the compiled loop like ``loss_fn``.
 
     Returns:
       ``(params, weighting_state, info)``: the final parameters, the weighting
@@ -507,6 +542,7 @@ def run_lbfgs(
       line search) and 7.4, 7.5 (L-BFGS), 2006.
     """
     _check_policy(policy, method, refresh_every, weighting_state, iterations)
+    inputs = _check_method_inputs(method_inputs, policy)
     if policy == "log":
         log_objective(loss_fn, eps=eps)  # validates eps
         params, _, info = _run(
@@ -519,6 +555,7 @@ def run_lbfgs(
             refresh_every=None,
             eps=eps,
             optimizer=optimizer,
+            method_inputs=(),
         )
         return params, weighting_state, info
     wstate = _base.find_weighting_state(weighting_state)
@@ -532,6 +569,7 @@ def run_lbfgs(
         refresh_every=refresh_every,
         eps=eps,
         optimizer=optimizer,
+        method_inputs=inputs,
     )
 
 
@@ -545,6 +583,7 @@ def run_lbfgs(
         "refresh_every",
         "eps",
         "optimizer",
+        "method_inputs",
     ),
 )
 def _run(
@@ -558,6 +597,7 @@ def _run(
     refresh_every,
     eps,
     optimizer,
+    method_inputs,
 ):
     """The scan of :func:`run_lbfgs`, compiled once per set of static settings."""
     if optimizer is None:
@@ -579,7 +619,9 @@ def _run(
 
     def refresh(params, opt_state, wstate):
         losses = loss_fn(params)
-        _, new = method.update(losses, wstate, params=params, loss_fn=loss_fn)
+        _, new = method.update(
+            losses, wstate, params=params, loss_fn=loss_fn, **dict(method_inputs)
+        )
         changed = _weights_changed(wstate.loss_weights, new.loss_weights)
         opt_state = optax.tree.where(changed, reset_lbfgs(opt_state), opt_state)
         return opt_state, new, changed

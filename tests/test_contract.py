@@ -1,4 +1,4 @@
-"""The contract every weighting method must keep (the model: optax/contrib/_common_test.py).
+"""The contract every weighting method keeps (model: optax/contrib/_common_test.py).
 
 Runs over every entry of ``_methods.CASES``: jit without retrace, ``lax.scan``,
 dtypes, unknown keyword inputs, the checkpoint round trip, the Optax wrapper with
@@ -14,17 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _methods import CASES, toy_loss_fn, toy_params
 
 import optax_invloss as oil
-from _methods import CASES, toy_loss_fn, toy_params
 
 IDS = [case.name for case in CASES]
 
 
 def _update(case, method, losses, state, params, **extra):
-    return method.update(
-        losses, state, **case.inputs(params, toy_loss_fn), **extra
-    )
+    return method.update(losses, state, **case.inputs(params, toy_loss_fn), **extra)
 
 
 @pytest.fixture(params=CASES, ids=IDS)
@@ -37,7 +35,7 @@ def test_weights_have_the_losses_structure_and_are_finite(case):
     params = toy_params()
     losses = toy_loss_fn(params)
     state = method.init(losses)
-    weights, state = jax.jit(lambda l, s: _update(case, method, l, s, params))(
+    weights, state = jax.jit(lambda ls, s: _update(case, method, ls, s, params))(
         losses, state
     )
     assert jax.tree.structure(weights) == jax.tree.structure(losses)
@@ -70,7 +68,7 @@ def test_no_retrace_when_values_change(case):
 
     state = method.init(toy_loss_fn(params))
     for scale in (1.0, 2.0, 0.5):
-        params = jax.tree.map(lambda p: p * scale, params)
+        params = jax.tree.map(lambda p: p * scale, params)  # noqa: B023
         _, state = step(params, state)
     assert len(traces) == 1
 
@@ -98,7 +96,7 @@ def test_dtype_is_kept(case, dtype):
     params = toy_params(dtype)
     losses = toy_loss_fn(params)
     state = method.init(losses)
-    weights, state = jax.jit(lambda l, s: _update(case, method, l, s, params))(
+    weights, state = jax.jit(lambda ls, s: _update(case, method, ls, s, params))(
         losses, state
     )
     for w in jax.tree.leaves(weights):
@@ -113,9 +111,9 @@ def test_dtype_is_kept(case, dtype):
 def test_bfloat16_losses_give_finite_weights(case):
     method = case.make()
     params = toy_params(jnp.float32)
-    losses = jax.tree.map(lambda l: l.astype(jnp.bfloat16), toy_loss_fn(params))
+    losses = jax.tree.map(lambda x: x.astype(jnp.bfloat16), toy_loss_fn(params))
     state = method.init(losses)
-    weights, state = jax.jit(lambda l, s: _update(case, method, l, s, params))(
+    weights, state = jax.jit(lambda ls, s: _update(case, method, ls, s, params))(
         losses, state
     )
     for w in jax.tree.leaves(weights):
@@ -140,7 +138,10 @@ def test_checkpoint_round_trip_is_bit_identical(case):
     state = method.init(toy_loss_fn(params))
     step = jax.jit(
         lambda s, k: _update(
-            case, method, toy_loss_fn(jax.tree.map(lambda p: p * k, params)), s,
+            case,
+            method,
+            toy_loss_fn(jax.tree.map(lambda p: p * k, params)),
+            s,
             params,
         )
     )
@@ -155,7 +156,9 @@ def test_checkpoint_round_trip_is_bit_identical(case):
     for k in scales[3:]:
         w, resumed = step(resumed, k)
     np.testing.assert_array_equal(jax.tree.leaves(w), jax.tree.leaves(w_ref))
-    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
+    for a, b in zip(
+        jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -167,13 +170,13 @@ def test_bad_loss_value_skips_the_update(case, bad):
     state = method.init(losses)
     _, state = _update(case, method, losses, state, params)
     bad_losses = dict(losses, bc=jnp.asarray(bad, losses["bc"].dtype))
-    weights, new_state = jax.jit(
-        lambda l, s: _update(case, method, l, s, params)
-    )(bad_losses, state)
+    weights, new_state = jax.jit(lambda ls, s: _update(case, method, ls, s, params))(
+        bad_losses, state
+    )
     assert int(new_state.skipped_updates) == int(state.skipped_updates) + 1
     new_leaves = jax.tree.leaves(new_state._replace(skipped_updates=0))
     old_leaves = jax.tree.leaves(state._replace(skipped_updates=0))
-    for a, b in zip(new_leaves, old_leaves):
+    for a, b in zip(new_leaves, old_leaves, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for w in jax.tree.leaves(weights):
         assert bool(jnp.isfinite(w))
@@ -206,9 +209,7 @@ def _train(tx, params, steps, **extra):
             return oil.weighted_sum(losses, weights), losses
 
         (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        updates, opt_state = tx.update(
-            grads, opt_state, params, losses=losses, **extra
-        )
+        updates, opt_state = tx.update(grads, opt_state, params, losses=losses, **extra)
         return optax.apply_updates(params, updates), opt_state
 
     for _ in range(steps):
@@ -241,8 +242,14 @@ def test_optax_wrapper_around_lbfgs_accepts_losses(case):
     value_fn = lambda p: oil.weighted_sum(toy_loss_fn(p), weights)
     value, grads = jax.value_and_grad(value_fn)(params)
     updates, opt_state = tx.update(
-        grads, opt_state, params, losses=losses, value=value, grad=grads,
-        value_fn=value_fn, **extra,
+        grads,
+        opt_state,
+        params,
+        losses=losses,
+        value=value,
+        grad=grads,
+        value_fn=value_fn,
+        **extra,
     )
     new_params = optax.apply_updates(params, updates)
     assert float(value_fn(new_params)) < float(value)

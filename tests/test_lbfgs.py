@@ -247,6 +247,48 @@ def test_refresh_keeps_no_curvature_pairs_from_before_it():
         np.testing.assert_array_equal(a, b)
 
 
+def residual_fn(p):
+    """The residuals behind ``loss_fn``, in sum-of-squares form (for NTK weights)."""
+    dtype = p["w1"].dtype
+    x, ends = X.astype(dtype), jnp.asarray([-1.0, 1.0], dtype)
+    return {
+        "fit": (net(p, x) - jnp.sin(3.0 * x)) / jnp.sqrt(jnp.asarray(24.0, dtype)),
+        "bc": jnp.sqrt(jnp.asarray(0.05, dtype)) * (net(p, ends) - jnp.sin(3.0 * ends)),
+    }
+
+
+@pytest.mark.parametrize(
+    "method, method_inputs",
+    [
+        # Gradient-based methods get params= and loss_fn= from run_lbfgs ...
+        (oil.lr_annealing(reference="fit", update_every=1, mask=None), None),
+        # ... and anything else through method_inputs.
+        (oil.ntk_weights(update_every=1), {"residual_fn": residual_fn}),
+    ],
+    ids=["lr_annealing", "ntk_weights"],
+)
+def test_refreshed_policy_with_gradient_based_methods(method, method_inputs):
+    params = net_params()
+    losses = loss_fn(params)
+    extra = dict(method_inputs or {})
+    _, state = method.update(
+        losses, method.init(losses), params=params, loss_fn=loss_fn, **extra
+    )
+    _, new_state, info = oil.run_lbfgs(
+        loss_fn,
+        params,
+        state,
+        iterations=ITERATIONS,
+        policy="refreshed",
+        method=method,
+        refresh_every=REFRESH,
+        method_inputs=method_inputs,
+    )
+    _check_monotone_between_refreshes(info)
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(info.refreshed)), [REFRESH])
+    assert int(new_state.weighting_step) == 2
+
+
 def test_refresh_that_leaves_the_weights_alone_does_not_reset():
     # With every weight on a cap (0.5 each for two terms), method.update cannot
     # change the weights, so refreshing is the same as freezing.
@@ -340,6 +382,25 @@ def test_run_lbfgs_accepts_an_optimizer_state_that_holds_the_weights():
         (dict(policy="refreshed", method=oil.inverse_loss()), "refresh_every must"),
         (dict(refresh_every=5), "refresh_every is only used"),
         (dict(policy="log", eps=-1.0), "eps must be >= 0"),
+        (dict(method_inputs={"residual_fn": len}), "only used with policy='refreshed'"),
+        (
+            dict(
+                policy="refreshed",
+                method=BARE,
+                refresh_every=2,
+                method_inputs={"loss_fn": len},
+            ),
+            "must not hold 'loss_fn'",
+        ),
+        (
+            dict(
+                policy="refreshed",
+                method=BARE,
+                refresh_every=2,
+                method_inputs={"weights": {"a": 1.0}},
+            ),
+            r"method_inputs\['weights'\] must be hashable",
+        ),
     ],
 )
 def test_run_lbfgs_bad_arguments(kwargs, match):

@@ -1,0 +1,151 @@
+"""Globally correct weights when each device sees only its shard of the batch."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from optax_invloss import _base
+
+
+def global_mean(losses: Any, axis_name: Any, counts: Any = None) -> Any:
+    r"""The global value of per-device mean losses, inside ``shard_map``/``pmap``.
+
+    With ``counts=None`` every device holds the same number of points of each term
+    and the global mean is the mean over devices (``lax.pmean``). Otherwise each
+    device's loss is a mean over ``counts`` points (a scalar, or a pytree like
+    ``losses`` with one count per term), and the global mean is
+    :math:`\sum_d c_d L_d / \sum_d c_d`, which is right for any split of the batch.
+    """
+    if counts is None:
+        return jax.lax.pmean(losses, axis_name)
+    if not isinstance(counts, dict | list | tuple):
+        counts = jax.tree.map(lambda _: counts, losses)
+
+    def reduce(loss, count):
+        count = jnp.asarray(count, jnp.asarray(loss).dtype)
+        total = jax.lax.psum(jnp.stack([loss * count, count]), axis_name)
+        return total[0] / total[1]
+
+    return jax.tree.map(reduce, losses, counts)
+
+
+def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMethod:
+    """Makes a weighting method compute global weights inside ``shard_map``.
+
+    Use it when each device computes its loss terms on its own shard of the points
+    (inside ``jax.shard_map`` or ``jax.pmap``) and passes those local losses to
+    ``update``. Everything the method looks at is reduced over ``axis_name`` first,
+    so every device computes the same weights, equal to those of one device that
+    sees the whole batch:
+
+    - ``losses`` are replaced by their global mean (see :func:`global_mean`);
+    - a ``loss_fn`` keyword input (gradient-based methods) is replaced by the
+      function that returns the global mean of its losses, so per-term gradients
+      and their statistics are those of the global losses (JAX's ``shard_map``
+      differentiates through the collective);
+    - a ``residual_fn`` keyword input (NTK trace weights) is replaced by the
+      function that gathers every device's per-point residuals, so the trace is
+      taken over all points (each device then computes the whole trace: NTK
+      updates are rare, ``update_every`` amortises it); residuals that are the
+      same on every device (computed from the replicated parameters alone) are
+      taken once, not gathered;
+    - random draws (ReLoBRaLo) come from the key in the state, which is the same
+      on every device.
+
+    The keyword input ``counts`` (a scalar, or a pytree like ``losses``) gives the
+    number of points each device's losses average over, for batches that are not
+    split evenly (padding with a mask, for instance).
+
+    Under plain ``jax.jit`` with sharded arrays (``NamedSharding``) no wrapper is
+    needed: the losses are already global means there, computed by XLA.
+
+    Args:
+      method: any weighting method of the library.
+      axis_name: the mapped axis (or tuple of axes) the batch is split over.
+
+    Returns:
+      A :class:`WeightingMethod` with the same state as ``method``; its ``update``
+      takes the same keyword inputs, plus ``counts``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax_invloss
+      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> method = optax_invloss.sharded(optax_invloss.inverse_loss(), "data")
+      >>> state = method.init({"pde": 0.0, "bc": 0.0})
+      >>> @jax.shard_map(mesh=mesh, in_specs=jax.P("data"), out_specs=jax.P())
+      ... def weights_of(x):  # each device: its own points
+      ...     losses = {"pde": jnp.mean(x**2), "bc": jnp.mean(x)}
+      ...     return method.update(losses, state)[0]
+      >>> x = jax.device_put(jnp.arange(4.0), jax.NamedSharding(mesh, jax.P("data")))
+      >>> w = weights_of(x)  # global losses: pde 3.5, bc 1.5
+      >>> print({k: round(float(v), 3) for k, v in w.items()})
+      {'bc': 0.7, 'pde': 0.3}
+    """
+    inner_inputs = _base.method_inputs(method.update)
+
+    def update(losses, state, *, counts=None, **inputs):
+        losses = global_mean(losses, axis_name, counts)
+        loss_fn = inputs.get("loss_fn")
+        if loss_fn is not None:
+            inputs["loss_fn"] = _global_loss_fn(loss_fn, axis_name, counts)
+        residual_fn = inputs.get("residual_fn")
+        if residual_fn is not None:
+            inputs["residual_fn"] = _gathered(residual_fn, axis_name)
+        return method.update(losses, state, **inputs)
+
+    # Advertise the inner method's keyword inputs (and counts), so that
+    # with_weighting routes them here.
+    params = list(inspect.signature(update).parameters.values())
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for name in sorted(inner_inputs - {"counts"})
+    ]
+    update.__signature__ = inspect.Signature(params[:3] + extra + params[3:])
+    return _base.WeightingMethod(method.init, update)
+
+
+def _global_loss_fn(loss_fn: Callable, axis_name, counts) -> Callable:
+    return lambda params: global_mean(loss_fn(params), axis_name, counts)
+
+
+def _varies(x, axis_name) -> bool:
+    """Whether ``x`` is typed as varying over ``axis_name`` inside ``shard_map``.
+
+    True when JAX does not say (``pmap``, or a JAX without varying-axis types).
+    """
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    varying = manual.varying if manual is not None else getattr(aval, "vma", None)
+    if varying is None:
+        return True
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    return bool(set(axes) & set(varying))
+
+
+def _gathered(residual_fn: Callable, axis_name) -> Callable:
+    """``residual_fn`` with every device's per-point residuals gathered.
+
+    A residual that varies over the axis is gathered and then averaged over the
+    devices (``pmean``): the copies are equal, so the value is the gathered one,
+    but it is typed as the same on every device, and its transpose hands each
+    device exactly its own slice of a cotangent (a plain ``all_gather`` of a
+    varying value transposes to a sum over devices, which would scale every
+    Jacobian row by the number of devices). A residual that is already the same
+    on every device (one computed from the replicated parameters alone, say) is
+    not gathered, which would count it once per device.
+    """
+
+    def gather(r):
+        if not _varies(r, axis_name):
+            return r
+        return jax.lax.pmean(jax.lax.all_gather(r, axis_name, tiled=True), axis_name)
+
+    def gathered(params):
+        return jax.tree.map(gather, residual_fn(params))
+
+    return gathered

@@ -1,0 +1,70 @@
+"""weighted_sum and loss_weights."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_invloss as oil
+
+
+def test_weighted_sum_by_hand():
+    losses = {"pde": jnp.asarray(2.0), "bc": jnp.asarray(0.5)}
+    # 0.25 * 2 + 0.75 * 0.5 = 0.875
+    np.testing.assert_allclose(
+        oil.weighted_sum(losses, {"pde": 0.25, "bc": 0.75}), 0.875
+    )
+
+
+def test_weighted_sum_holds_the_weights_constant():
+    # Weights computed from the losses themselves get no gradient: d/dx of
+    # w(x) * x^2 with w = stop_gradient(1 / x^2) is w * 2x = 2 / x.
+    def total(x):
+        losses = {"a": x**2}
+        weights = {"a": 1.0 / x**2}
+        return oil.weighted_sum(losses, weights)
+
+    np.testing.assert_allclose(jax.grad(total)(2.0), 1.0)
+
+
+def test_weighted_sum_keeps_the_loss_dtype():
+    losses = {"a": jnp.asarray(1.0, jnp.float32), "b": jnp.asarray(2.0, jnp.float32)}
+    total = oil.weighted_sum(losses, {"a": jnp.asarray(0.5, jnp.float64), "b": 0.5})
+    assert total.dtype == jnp.float32
+
+
+def test_weighted_sum_structure_mismatch_shows_both():
+    with pytest.raises(ValueError, match=r"losses:.*\n.*weights:"):
+        oil.weighted_sum({"a": 1.0, "b": 2.0}, {"a": 1.0})
+
+
+def test_weighted_sum_rejects_non_scalar_terms():
+    with pytest.raises(ValueError, match=r"\['a'\] in losses has shape \(4,\)"):
+        oil.weighted_sum({"a": jnp.ones(4)}, {"a": 1.0})
+
+
+def test_loss_weights_from_method_and_optax_states():
+    losses = {"pde": 1.0, "bc": 3.0}
+    method = oil.inverse_loss(min_weight=0.0)
+    state = method.init(losses)
+    _, state = method.update(losses, state)
+    # 1/L = (1, 1/3), sum 4/3: w = (0.75, 0.25).
+    wrapped = oil.with_weighting(optax.sgd(0.1), method, losses)
+    opt_state = wrapped.init(jnp.zeros(2))._replace(weighting_state=state)
+    for holder in (state, (optax.adam(1e-3).init(jnp.zeros(2)), state), opt_state):
+        got = oil.loss_weights(holder)
+        np.testing.assert_allclose([got["pde"], got["bc"]], [0.75, 0.25])
+
+
+def test_loss_weights_of_a_state_without_weighting_is_a_clear_error():
+    with pytest.raises(ValueError, match="Expected a weighting state"):
+        oil.loss_weights(optax.adam(1e-3).init(jnp.zeros(2)))
+
+
+def test_loss_weights_with_two_weighting_states_asks_which():
+    state = oil.inverse_loss().init({"a": 0.0})
+    with pytest.raises(ValueError, match="Found 2 weighting states"):
+        oil.loss_weights((state, state))
