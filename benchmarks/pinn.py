@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -119,6 +120,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--list", action="store_true", help="list problems and methods")
+    p.add_argument(
+        "--render",
+        metavar="DIR",
+        default=None,
+        help="rewrite DIR's table and history plots from its runs.json, no training",
+    )
     return p
 
 
@@ -187,12 +194,36 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
         for spec in method_specs
     }
     best = min(medians, key=medians.get)
-    mine = sorted(
-        (r["final_rel_l2"], r["seed"]) for r in records if r["method"] == best
-    )
-    error, seed = mine[(len(mine) - 1) // 2]  # the (lower) median seed
+    median = report.median_run([r for r in records if r["method"] == best])
+    error, seed = median["final_rel_l2"], median["seed"]
     chosen = dict(method=best, seed=seed, error=error, result=results[best, seed])
     return records, chosen
+
+
+def _history_plots(out, runs, problem: str, methods) -> dict:
+    paths = {}
+    for kind, plot in (("error", plots.error_plot), ("weights", plots.weights_plot)):
+        paths[f"{problem}_{kind}"] = out / f"{problem}_{kind}.png"
+        plot(paths[f"{problem}_{kind}"], runs, problem, methods)
+    return paths
+
+
+def render(folder: pathlib.Path) -> dict:
+    """Rewrites the table and the history plots of a folder from its runs.json.
+
+    The solution plots need the trained parameters, which the JSON does not
+    hold; they are left as they are.
+    """
+    data = json.loads((folder / "runs.json").read_text())
+    runs = data.pop("runs")
+    paths = dict(table=folder / "table.md")
+    for problem in dict.fromkeys(r["problem"] for r in runs):
+        mine = [r for r in runs if r["problem"] == problem]
+        paths |= _history_plots(folder, mine, problem, data["methods"])
+    text = report.document(runs, data)
+    paths["table"].write_text(text)
+    print(text)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -203,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
         print("problems:", ", ".join(PROBLEMS))
         print("methods:", ", ".join(specs.available()))
         return {}
+    if args.render:
+        return render(pathlib.Path(args.render))
     if args.seeds < 1:
         parser().error(f"--seeds must be >= 1, got {args.seeds}")
     try:
@@ -220,20 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
     log = lambda message: tqdm.write(message, file=sys.stderr)
     command = shlex.join(["python", "-m", "benchmarks.pinn", *argv])
     start = time.perf_counter()
-    records, tables, paths = [], [], {}
+    records, paths = [], {}
+    methods = [s.text for s in method_specs]
     for problem in problems:
         mine, chosen = run_problem(problem, method_specs, args, log)
         records += mine
-        methods = [s.text for s in method_specs]
-        tables.append(report.table(mine, problem.name, methods))
         if not args.no_plots:
-            for kind, plot in (
-                ("error", plots.error_plot),
-                ("weights", plots.weights_plot),
-            ):
-                path = out / f"{problem.name}_{kind}.png"
-                plot(path, mine, problem.name, methods)
-                paths[f"{problem.name}_{kind}"] = path
+            paths |= _history_plots(out, mine, problem.name, methods)
             path = out / f"{problem.name}_solution.png"
             label = (
                 f"best method {chosen['method']}, seed {chosen['seed']}, "
@@ -255,18 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=str(jax.devices()[0].device_kind),
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
     )
-    header = (
-        f"Command: `{command}` ({meta['date'][:10]}, {meta['device']}, "
-        f"{meta['machine']}; {wall / 60:.1f} min wall).\n\n"
-        "Relative L2 error on the evaluation grid: median over seeds [min-max]; "
-        "'best' is the lowest error seen at any evaluation; time per step is the "
-        "median over seeds of the training time per step (compilation and the "
-        "first chunk's one-off start-up excluded) relative to equal weights (to "
-        "the first method when equal was not run), in wall time and in CPU time "
-        "of the process (steadier on a shared machine); final weights are "
-        "medians over seeds.\n"
-    )
-    text = header + "\n" + "\n\n".join(tables) + "\n"
+    text = report.document(records, meta)
     paths = dict(
         json=out / "runs.json", csv=out / "runs.csv", table=out / "table.md", **paths
     )

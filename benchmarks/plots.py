@@ -60,7 +60,8 @@ def error_plot(
 def weights_plot(
     path: pathlib.Path, runs: Sequence[dict], problem: str, methods: Sequence[str]
 ):
-    """Weights against steps, one panel per method (median over seeds)."""
+    """Weights against steps, one panel per method: median over seeds, each seed
+    faint."""
     grouped = _by_method(runs, methods)
     cols = min(3, len(grouped))
     rows = math.ceil(len(grouped) / cols)
@@ -76,7 +77,9 @@ def weights_plot(
         for term in mine[0]["weight_history"]["weights"]:
             steps = np.asarray(mine[0]["weight_history"]["steps"])
             values = np.stack([r["weight_history"]["weights"][term] for r in mine])
-            ax.plot(steps, np.median(values, axis=0), label=term)
+            (line,) = ax.plot(steps, np.median(values, axis=0), label=term)
+            if len(mine) > 1:  # each seed, faint
+                ax.plot(steps, values.T, color=line.get_color(), alpha=0.2, lw=0.7)
         ax.set_yscale("log")
         ax.set_title(method, fontsize="small")
         ax.set_xlabel("step")
@@ -84,7 +87,7 @@ def weights_plot(
         ax.legend(fontsize="x-small")
     for ax in list(axes.flat)[len(grouped) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{problem}: loss weights (median over seeds)")
+    fig.suptitle(f"{problem}: loss weights (median over seeds; each seed faint)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -94,6 +94,12 @@ def _spread(values: Sequence[float]) -> str:
     return f"{np.median(values):.3g} [{values.min():.3g}-{values.max():.3g}]"
 
 
+def median_run(runs: Sequence[dict]) -> dict:
+    """The run with the median final error (the lower median for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["final_rel_l2"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def summary(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> list[dict]:
     """Per method on one problem: medians over seeds and time per step."""
     rows = []
@@ -101,7 +107,6 @@ def summary(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> list[
         mine = [r for r in runs if r["problem"] == problem and r["method"] == method]
         if not mine:
             continue
-        terms = list(mine[0]["final_weights"])
         rows.append(
             dict(
                 method=method,
@@ -115,10 +120,8 @@ def summary(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> list[
                 cpu_seconds_per_step=float(
                     np.median([r.get("cpu_seconds_per_step", np.nan) for r in mine])
                 ),
-                weights={
-                    t: float(np.median([r["final_weights"][t] for r in mine]))
-                    for t in terms
-                },
+                # A real weight vector: that of the median seed.
+                weights=median_run(mine)["final_weights"],
             )
         )
     return rows
@@ -141,10 +144,33 @@ def table(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> str:
     for row in rows:
         wall = row["seconds_per_step"] / base["seconds_per_step"]
         cpu = row["cpu_seconds_per_step"] / base["cpu_seconds_per_step"]
+        cpu = "n/a" if np.isnan(cpu) else f"{cpu:.2f}"  # older records: wall only
         weights = ", ".join(f"{t} {w:.3g}" for t, w in row["weights"].items())
         lines.append(
             f"| `{row['method']}` | {_spread(row['final'])} | {_spread(row['best'])} "
-            f"| {wall:.2f}, {cpu:.2f} ({1e3 * row['seconds_per_step']:.2g} ms) "
+            f"| {wall:.2f}, {cpu} ({1e3 * row['seconds_per_step']:.2g} ms) "
             f"| {weights} |"
         )
     return "\n".join(lines)
+
+
+HEADER = (
+    "Relative L2 error on the evaluation grid: median over seeds [min-max]; "
+    "'best' is the lowest error seen at any evaluation; time per step is the "
+    "median over seeds of the training time per step (compilation and the first "
+    "chunk's one-off start-up excluded) relative to equal weights (to the first "
+    "method when equal was not run), in wall time and in CPU time of the process "
+    "(steadier on a shared machine); final weights are those of the median seed "
+    "(the seed with the median final error)."
+)
+
+
+def document(runs: Sequence[dict], meta: dict) -> str:
+    """``table.md``: the command, how to read it, and one table per problem."""
+    first = (
+        f"Command: `{meta['command']}` ({meta['date'][:10]}, {meta['device']}, "
+        f"{meta['machine']}; {meta['wall_seconds'] / 60:.1f} min wall)."
+    )
+    problems = dict.fromkeys(r["problem"] for r in runs)
+    tables = [table(runs, p, meta["methods"]) for p in problems]
+    return "\n\n".join([first, HEADER, *tables]) + "\n"

@@ -165,6 +165,12 @@ class Trainer:
             raise ValueError(f"steps must be >= 1, got steps = {self.steps}")
         if lbfgs_steps < 0:
             raise ValueError(f"lbfgs_steps must be >= 0, got {lbfgs_steps}")
+        if lbfgs_steps and not hasattr(oil, "run_lbfgs"):
+            raise ValueError(
+                f"lbfgs_steps = {lbfgs_steps} asks for an L-BFGS phase, but this "
+                "version of optax_invloss has no L-BFGS weighting policies "
+                "(optax_invloss.run_lbfgs)"
+            )
         self.chunk = max(1, min(int(chunk), self.steps))
         self.n_chunks = -(-self.steps // self.chunk)
         self.method = _equal_weights() if method is None else method

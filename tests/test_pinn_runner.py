@@ -84,6 +84,13 @@ def test_runner_end_to_end_writes_every_output(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| `equal` |" in printed and str(out / "poisson_solution.png") in printed
 
+    # --render rebuilds the table and the history plots from runs.json alone.
+    (out / "table.md").unlink()
+    (out / "poisson_error.png").unlink()
+    pinn.main(["--render", str(out)])
+    assert (out / "table.md").read_text() == table
+    assert (out / "poisson_error.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_bad_method_is_a_usage_error_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit):
@@ -219,7 +226,7 @@ def test_table_relative_time_without_equal():
             cpu_seconds_per_step=2 * t,
             final_rel_l2=e,
             best_rel_l2=e,
-            final_weights={"a": 0.5, "b": 0.5},
+            final_weights={"a": e, "b": 1 - e},
         )
         for m, t in (("x", 1.0), ("y", 3.0))
         for s, e in ((0, 0.1), (1, 0.3), (2, 0.2))
@@ -229,6 +236,8 @@ def test_table_relative_time_without_equal():
     # Median 0.2 of (0.1, 0.3, 0.2); y is 3x slower than x in wall and CPU time.
     assert "| `y` | 0.2 [0.1-0.3] | 0.2 [0.1-0.3] | 3.00, 3.00 (3e+03 ms) |" in text
     assert np.isclose(report.summary(runs, "p", ["y"])[0]["seconds_per_step"], 3.0)
+    # The weights shown are those of the median seed (seed 2, error 0.2).
+    assert text.rstrip().endswith("| a 0.2, b 0.8 |")
 
 
 def test_seconds_per_step_leaves_out_the_first_chunk():
