@@ -16,6 +16,14 @@ from optax_invloss._grad_norm import GradNormBalanceState, grad_norm_balance
 from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
 from optax_invloss._gradnorm import GradNormState, gradnorm
 from optax_invloss._inverse import InverseLossState, inverse_loss
+from optax_invloss._lbfgs import (
+    LBFGSInfo,
+    log_objective,
+    reset_lbfgs,
+    reset_on_new_weights,
+    run_lbfgs,
+    weighted_objective,
+)
 from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
 from optax_invloss._ntk import NTKWeightsState, ntk_weights
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
@@ -35,6 +43,7 @@ __all__ = (
     "GradNormBalanceState",
     "GradNormState",
     "InverseLossState",
+    "LBFGSInfo",
     "LRAnnealingState",
     "NTKWeightsState",
     "ReLoBRaLoState",
@@ -49,15 +58,20 @@ __all__ = (
     "gradnorm",
     "inverse_loss",
     "last_layer_mask",
+    "log_objective",
     "loss_weights",
     "lr_annealing",
     "ntk_weights",
     "relobralo",
+    "reset_lbfgs",
+    "reset_on_new_weights",
+    "run_lbfgs",
     "sharded",
     "softadapt",
     "static_weights",
     "uncertainty_weighting",
     "weight_matrix_mask",
+    "weighted_objective",
     "weighted_sum",
     "with_weighting",
 )

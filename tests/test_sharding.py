@@ -65,11 +65,13 @@ def _train_one_device(case, x, mask):
     tx = optax.adam(0.05)
     opt_state = tx.init(params)
     state = method.init(local_losses(params, x, mask))
-    for _ in range(STEPS):
+
+    @jax.jit
+    def step(params, opt_state, state):
         weights = oil.loss_weights(state)
         loss_fn = lambda p: local_losses(p, x, mask)
         residual_fn = lambda p: local_residuals(p, x, mask)
-        grads = jax.grad(lambda p: oil.weighted_sum(loss_fn(p), weights))(params)  # noqa: B023
+        grads = jax.grad(lambda p: oil.weighted_sum(loss_fn(p), weights))(params)
         _, state = method.update(
             loss_fn(params),
             state,
@@ -77,7 +79,10 @@ def _train_one_device(case, x, mask):
             **_inputs(case, loss_fn, residual_fn),
         )
         updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        return optax.apply_updates(params, updates), opt_state, state
+
+    for _ in range(STEPS):
+        params, opt_state, state = step(params, opt_state, state)
     return params, oil.loss_weights(state)
 
 
