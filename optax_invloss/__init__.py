@@ -11,20 +11,38 @@ from optax_invloss._base import (
     loss_weights,
     weighted_sum,
 )
+from optax_invloss._dwa import DWAState, dwa
 from optax_invloss._inverse import InverseLossState, inverse_loss
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
+from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._sharding import global_mean, sharded
+from optax_invloss._softadapt import SoftAdaptState, softadapt
+from optax_invloss._static import StaticWeightsState, static_weights
+from optax_invloss._uncertainty import (
+    UncertaintyWeightingState,
+    uncertainty_weighting,
+)
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "DWAState",
     "InverseLossState",
+    "ReLoBRaLoState",
+    "SoftAdaptState",
+    "StaticWeightsState",
+    "UncertaintyWeightingState",
     "WeightedOptimizerState",
     "WeightingMethod",
+    "dwa",
     "global_mean",
     "inverse_loss",
     "loss_weights",
+    "relobralo",
     "sharded",
+    "softadapt",
+    "static_weights",
+    "uncertainty_weighting",
     "weighted_sum",
     "with_weighting",
 )

@@ -1,0 +1,202 @@
+"""Fixed loss weights, optionally scheduled: the hand-tuned baseline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optax_invloss import _base
+
+
+class StaticWeightsState(NamedTuple):
+    """State of :func:`static_weights`.
+
+    Attributes:
+      loss_weights: the weights for the next step, in the losses' structure
+        (scalars in the state dtype: the losses' dtype, at least float32):
+        ``weight * schedule(weighting_step)`` for each term.
+      weighting_step: number of accepted updates; the schedules are evaluated at
+        it. Shape ``()``, int32; saturates.
+      skipped_updates: number of updates refused because a loss was NaN, infinite
+        or negative. Shape ``()``, int32; saturates.
+    """
+
+    loss_weights: Any
+    weighting_step: jax.Array  # shape=(), dtype=jnp.int32.
+    skipped_updates: jax.Array  # shape=(), dtype=jnp.int32.
+
+
+def _by_name(tree: Any, argname: str) -> dict[str, Any]:
+    names = _base.term_paths(tree)
+    if not names:
+        raise ValueError(f"{argname} must name at least one loss term; got {tree!r}.")
+    return dict(names)
+
+
+def _check_weight(name: str, value: Any) -> None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"The weight of term {name} in static_weights(weights=...) must be a "
+            f"number, got {value!r}."
+        ) from error
+    if not (math.isfinite(number) and number >= 0.0):
+        raise ValueError(
+            f"The weight of term {name} in static_weights(weights=...) must be a "
+            f"finite number >= 0, got {number!r}."
+        )
+
+
+def _match(given: dict[str, Any], losses: Any, argname: str, *, all_terms: bool):
+    """Checks the terms named in ``given`` against the losses' terms."""
+    terms = [name for name, _ in _base.term_paths(losses)]
+    listed = ", ".join(terms)
+    extra = [name for name in given if name not in terms]
+    if extra:
+        raise ValueError(
+            f"{argname} names the term {extra[0]}, which is not among the loss "
+            f"terms {listed}."
+        )
+    missing = [name for name in terms if name not in given]
+    if all_terms and missing:
+        raise ValueError(
+            f"{argname} has no weight for the loss term {missing[0]}; give every "
+            f"term a weight (loss terms: {listed})."
+        )
+
+
+def static_weights(
+    weights: Any,
+    schedules: Any = None,
+) -> _base.WeightingMethod:
+    r"""Fixed loss weights, each optionally multiplied by an Optax schedule.
+
+    The weight of term :math:`i` after :math:`t` accepted updates is
+
+    .. math::
+
+      w_i(t) = c_i \, m_i(t),
+
+    with :math:`c_i` the weight given in ``weights`` and :math:`m_i` the schedule
+    given for that term in ``schedules`` (:math:`m_i \equiv 1` for a term without
+    one). The weights are used as given: they are **not normalised**, so they sum
+    to whatever they sum to, and ``static_weights({"pde": 1.0, "bc": 1.0})`` is the
+    plain unweighted sum of the losses.
+
+    This is the hand-tuned baseline that adaptive methods are compared with
+    (``{"pde": 1.0, "bc": 100.0}``, say), with the same ``(init, update)`` shape
+    and the same state fields, so that one training step serves every method.
+    A schedule warms a weight up or down: ``optax.linear_schedule(0.0, 1.0,
+    1000)`` on the boundary term raises its weight from 0 to :math:`c_i` over the
+    first 1000 steps.
+
+    First steps. ``init`` gives :math:`c_i m_i(0)`; the update at step :math:`t`
+    (counting from 0) gives the weights for the next step, :math:`c_i m_i(t+1)`,
+    so the weights read from the state before step :math:`k` are always
+    :math:`c_i m_i(k)`. The loss values are not used, except to be checked.
+
+    Bad values. If any loss is NaN, infinite or negative, the update is skipped:
+    the weights and the step (so the schedules too) hold, and
+    ``skipped_updates`` goes up by one.
+
+    Args:
+      weights: the weight of each loss term: a pytree (usually a dict by name) of
+        non-negative numbers with exactly the terms of the losses. A term
+        missing or a term too many raises ValueError at ``init``, naming the
+        term; there is no silent default weight of 1.
+      schedules: optional pytree mapping some of the terms (the same names and
+        nesting as ``weights``) to Optax schedules, functions ``step ->
+        multiplier`` such as ``optax.linear_schedule``; the schedule's value
+        multiplies that term's weight. Terms without a schedule keep their
+        weight. ``None`` means no schedules.
+
+    Returns:
+      A :class:`optax_invloss.WeightingMethod`. ``update(losses, state)`` needs no
+      keyword inputs (others are accepted and ignored). The weights are not
+      normalised.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, optax_invloss
+      >>> method = optax_invloss.static_weights(
+      ...     {"pde": 1.0, "bc": 100.0},
+      ...     schedules={"bc": optax.linear_schedule(0.0, 1.0, transition_steps=4)})
+      >>> losses = {"pde": jnp.asarray(0.3), "bc": jnp.asarray(0.01)}
+      >>> state = method.init(losses)
+      >>> for _ in range(3):
+      ...     weights, state = method.update(losses, state)
+      ...     print({k: float(v) for k, v in weights.items()})
+      {'bc': 25.0, 'pde': 1.0}
+      {'bc': 50.0, 'pde': 1.0}
+      {'bc': 75.0, 'pde': 1.0}
+
+      A term left out is an error, not a weight of 1:
+
+      >>> optax_invloss.static_weights({"pde": 1.0}).init(losses)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: weights has no weight for the loss term ['bc']; ...
+    """
+    given = _by_name(weights, "weights")
+    for name, value in given.items():
+        _check_weight(name, value)
+    given = {name: float(value) for name, value in given.items()}
+    scheduled: dict[str, Callable] = {}
+    if schedules is not None:
+        scheduled = _by_name(schedules, "schedules")
+        for name, schedule in scheduled.items():
+            if not callable(schedule):
+                raise ValueError(
+                    f"The schedule of term {name} in static_weights(schedules=...) "
+                    f"must be a function step -> multiplier (an Optax schedule), "
+                    f"got {schedule!r}."
+                )
+        extra = [name for name in scheduled if name not in given]
+        if extra:
+            raise ValueError(
+                f"schedules names the term {extra[0]}, which has no weight in "
+                f"weights (terms with weights: {', '.join(given)})."
+            )
+
+    def weights_at(step, losses, dtype):
+        vector = []
+        for name, _ in _base.term_paths(losses):
+            w = jnp.asarray(given[name], dtype)
+            if name in scheduled:
+                w = w * jnp.asarray(scheduled[name](step), dtype)
+            vector.append(w)
+        return jnp.stack(vector)
+
+    def init(losses):
+        _base.check_losses(losses)
+        _match(given, losses, "weights", all_terms=True)
+        _match(scheduled, losses, "schedules", all_terms=False)
+        dtype = _base.state_dtype(losses)
+        like = _base.zeros_like_losses(losses, dtype)
+        return StaticWeightsState(
+            loss_weights=_base.unstack(
+                weights_at(_base.counter(), losses, dtype), like
+            ),
+            weighting_step=_base.counter(),
+            skipped_updates=_base.counter(),
+        )
+
+    def update(losses, state, **inputs):
+        del inputs
+        _, ok = _base.prepare(losses, state)
+        dtype = jax.tree.leaves(state.loss_weights)[0].dtype
+        next_step = optax.safe_increment(state.weighting_step)
+        new_state = state._replace(
+            loss_weights=_base.unstack(
+                weights_at(next_step, losses, dtype), state.loss_weights
+            )
+        )
+        state = _base.finish(ok, new_state, state)
+        return _base.unstack(_base.stack(state.loss_weights), losses), state
+
+    return _base.WeightingMethod(init, update)
