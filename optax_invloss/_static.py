@@ -168,7 +168,9 @@ def static_weights(
         for name, _ in _base.term_paths(losses):
             w = jnp.asarray(given[name], dtype)
             if name in scheduled:
-                w = w * jnp.asarray(scheduled[name](step), dtype)
+                # The step as a float of the state's dtype, so that the schedule
+                # is computed at that precision (float64 under x64).
+                w = w * jnp.asarray(scheduled[name](step.astype(dtype)), dtype)
             vector.append(w)
         return jnp.stack(vector)
 
