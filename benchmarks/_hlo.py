@@ -114,11 +114,14 @@ def _dot_flops(shape: str, rest: str, shapes: dict) -> float:
     return 2.0 * math.prod(result) * math.prod(lhs[a] for a in axes)
 
 
-def dot_stats(hlo_text: str) -> DotStats:
+def dot_stats(hlo_text: str, min_flops: float = 0.0) -> DotStats:
     """Counts the matrix products of compiled HLO text, always-run vs conditional.
 
     Args:
       hlo_text: ``compiled.as_text()`` of a ``jax.jit(...).lower(...).compile()``.
+      min_flops: products of fewer FLOPs are left out: a weighting method's
+        arithmetic on its few loss values (a 5-vector dot product, say) is not a
+        pass through the network.
 
     Returns:
       A :class:`DotStats`. A computation called from several places is counted at
@@ -133,10 +136,13 @@ def dot_stats(hlo_text: str) -> DotStats:
         instructions = computations.get(name, [])
         shapes = {n: _dims(s) for n, s, _, _ in instructions}
         for _, shape, op, rest in instructions:
-            if op in ("dot", "convolution"):
+            if op == "convolution":
                 totals[conditional][0] += 1
-                if op == "dot":
-                    totals[conditional][1] += _dot_flops(shape, rest, shapes)
+            elif op == "dot":
+                flops = _dot_flops(shape, rest, shapes)
+                if flops >= min_flops:
+                    totals[conditional][0] += 1
+                    totals[conditional][1] += flops
             for _, callee in _CALLED.findall(rest):
                 visit(callee, conditional, depth + 1)
             for listed, true_branch, false_branch in _BRANCHES.findall(rest):

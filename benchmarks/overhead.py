@@ -76,6 +76,10 @@ GRADIENT_METHODS = ("lr_annealing", "grad_norm_balance", "ntk_weights", "gradnor
 GRADIENT_INPUTS = frozenset({"params", "loss_fn", "residual_fn"})
 EVERY = (1, 10, 100, 1000)
 PROBLEMS = ("helmholtz", "helmholtz5")
+# Matrix products of fewer FLOPs are a method's arithmetic on its few loss values,
+# not a pass through the network (the smallest network product here, a 50-wide
+# layer on one point, is 100 FLOPs; with 128 points, 12 800).
+MIN_FLOPS = 256
 JACREV = "jacrev (per-term grads)"
 PER_TERM = "grad of each term (loop)"
 
@@ -198,22 +202,48 @@ def method_step(task: Task, method: oil.WeightingMethod) -> tuple[Callable, Any]
     return step, (task.params, tx.init(task.params))
 
 
-def jacrev_step(task: Task) -> tuple[Callable, Any]:
-    """The plain step plus the per-term gradients by ``jax.jacrev`` of the loss dict.
+def _reference_step(task: Task, per_term_grads: Callable) -> tuple[Callable, Any]:
+    """The plain step plus ``per_term_grads(loss_fn_of_params, params)``.
 
-    The reference cost of per-term gradients. Their norms are returned, so that
-    none of the work can be dropped.
+    The gradients are computed inside a ``lax.cond`` branch (taken on every step:
+    its predicate is that the losses are finite), as a method computes them: apart
+    from the step's own backward pass. Outside a branch, with the plain sum and
+    terms on their own points, XLA would find each term's gradient inside the
+    plain step's backward pass and share it, which no method can do. Their norms
+    are returned, so that none of the work can be dropped.
     """
 
     def step(carry, key):
         params, opt_state = carry
         batch = task.sample(key)
-        grads = jax.jacrev(lambda p: task.loss_fn(p, batch))(params)
-        params, opt_state, losses = _plain_update(task, params, opt_state, batch)
-        norms = {term: optax.tree.norm(g) for term, g in grads.items()}
-        return (params, opt_state), (losses, norms)
+        new_params, opt_state, losses = _plain_update(task, params, opt_state, batch)
+
+        def norms():
+            grads = per_term_grads(lambda p: task.loss_fn(p, batch), params)
+            return {term: optax.tree.norm(g) for term, g in grads.items()}
+
+        finite = jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(losses))))
+        zeros = lambda: jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(norms)
+        )
+        return (new_params, opt_state), (losses, jax.lax.cond(finite, norms, zeros))
 
     return step, (task.params, task.optimizer.init(task.params))
+
+
+def jacrev_step(task: Task) -> tuple[Callable, Any]:
+    """The plain step plus the per-term gradients by ``jax.jacrev`` of the loss dict.
+
+    The reference for a gradient-based method's cost at ``update_every = 1``.
+    """
+    return _reference_step(task, lambda loss_fn, params: jax.jacrev(loss_fn)(params))
+
+
+def _grad_of_each_term(loss_fn: Callable, params: Any) -> dict:
+    terms = jax.eval_shape(loss_fn, params)
+    return {
+        term: jax.grad(lambda p, term=term: loss_fn(p)[term])(params) for term in terms
+    }
 
 
 def per_term_step(task: Task) -> tuple[Callable, Any]:
@@ -221,23 +251,10 @@ def per_term_step(task: Task) -> tuple[Callable, Any]:
 
     A second reference: when the terms are computed on their own points (as in
     PINNs), each term's gradient needs only its own part of the forward and
-    backward pass, which ``jacrev`` of the whole dict cannot skip.
+    backward pass, which ``jacrev`` of the whole dict cannot skip: it runs the
+    backward pass of every term for every term.
     """
-
-    def step(carry, key):
-        params, opt_state = carry
-        batch = task.sample(key)
-        losses_of = lambda p: task.loss_fn(p, batch)
-        terms = jax.eval_shape(losses_of, params)
-        grads = {
-            term: jax.grad(lambda p, term=term: losses_of(p)[term])(params)
-            for term in terms
-        }
-        params, opt_state, losses = _plain_update(task, params, opt_state, batch)
-        norms = {term: optax.tree.norm(g) for term, g in grads.items()}
-        return (params, opt_state), (losses, norms)
-
-    return step, (task.params, task.optimizer.init(task.params))
+    return _reference_step(task, _grad_of_each_term)
 
 
 # ----------------------------------------------------------------------------------
@@ -248,8 +265,28 @@ _NOT_METHODS = frozenset(
 )
 
 
-def build(name: str, update_every: int | None = None) -> oil.WeightingMethod:
-    """``optax_invloss.<name>`` with its defaults (and ``update_every`` if given)."""
+def _static_weights(example: Any) -> oil.WeightingMethod:
+    # Weight 1 on every term, warmed up from 0.01 over 1000 steps: the
+    # schedules are the part of static_weights that costs anything.
+    ones = jax.tree.map(lambda _: 1.0, example)
+    warmup = optax.linear_schedule(0.01, 1.0, transition_steps=1000)
+    return oil.static_weights(ones, schedules=jax.tree.map(lambda _: warmup, example))
+
+
+# Methods whose factory needs arguments: example losses -> method.
+_BUILDERS = {"static_weights": _static_weights}
+SETTINGS = {"static_weights": "weights 1, linear warm-up schedule on every term"}
+
+
+def build(
+    name: str, example: Any, update_every: int | None = None
+) -> oil.WeightingMethod:
+    """``optax_invloss.<name>`` with its defaults (and ``update_every`` if given).
+
+    ``example`` (the losses' structure) is for methods that need it to be built.
+    """
+    if name in _BUILDERS:
+        return _BUILDERS[name](example)
     kwargs = {} if update_every is None else {"update_every": update_every}
     return getattr(oil, name)(**kwargs)
 
@@ -280,7 +317,7 @@ def available_methods() -> tuple[list[str], list[str], list[str]]:
             missing.append(name)
             continue
         try:
-            method = build(name)
+            method = build(name, {"pde": 0.0, "bc": 0.0})
         except TypeError:
             missing.append(f"{name} (needs arguments)")
             continue
@@ -316,7 +353,7 @@ def compile_chunk(step: Callable, carry: Any, keys: jax.Array) -> Program:
         temp = int(compiled.memory_analysis().temp_size_in_bytes)
     except Exception:  # noqa: BLE001 - not every backend reports it
         temp = None
-    stats = dot_stats(compiled.as_text())
+    stats = dot_stats(compiled.as_text(), MIN_FLOPS)
     return Program(
         compiled=compiled,
         carry=carry,
@@ -480,6 +517,7 @@ def _row(group: Group, method: str, kind: str, every, **fields) -> dict:
         "kind": kind,
         "update_every": every,
         "chunk": group.size.chunk,
+        "settings": SETTINGS.get(method, "defaults"),
         **fields,
     }
 
@@ -641,9 +679,10 @@ def measure_group(
     base = compile_chunk(*plain_step(task), keys)
     jax.block_until_ready(base.compiled(base.carry, keys))  # warm-up
     group = Group(size, problem, keys, base)
+    example = jax.eval_shape(task.loss_fn, task.params, task.sample(keys[0]))
 
     def compile_method(name, k=None):
-        return compile_chunk(*method_step(task, build(name, k)), keys)
+        return compile_chunk(*method_step(task, build(name, example, k)), keys)
 
     add_measured(
         group,
@@ -661,12 +700,11 @@ def measure_group(
         compile_chunk(*jacrev_step(task), keys),
         log=log,
     )
-    example = jax.eval_shape(task.loss_fn, task.params, task.sample(keys[0]))
     for name in loss_value:
         row = add_measured(
             group, name, "loss-value", None, compile_method(name), log=log
         )
-        row["update_us"] = update_cost_us(build(name), example)
+        row["update_us"] = update_cost_us(build(name, example), example)
         if "ratio" in row:
             row["expected_ratio"] = 1.0 + row["update_us"] / (1e3 * row["base_ms"])
         log(f"    update alone: {row['update_us']:.1f} us/step")
