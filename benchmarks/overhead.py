@@ -298,6 +298,15 @@ def is_gradient_based(method: oil.WeightingMethod) -> bool:
     return bool(_base.method_inputs(method.update) & GRADIENT_INPUTS)
 
 
+def _is_factory(obj) -> bool:
+    """A function annotated to return a ``WeightingMethod``."""
+    import inspect
+
+    if not inspect.isfunction(obj):
+        return False
+    return "WeightingMethod" in str(inspect.signature(obj).return_annotation)
+
+
 def available_methods() -> tuple[list[str], list[str], list[str]]:
     """``(loss-value methods, gradient-based methods, missing names)`` in the library.
 
@@ -309,7 +318,7 @@ def available_methods() -> tuple[list[str], list[str], list[str]]:
     names += sorted(
         n
         for n in oil.__all__
-        if n[0].islower() and n not in _NOT_METHODS and n not in names
+        if n not in _NOT_METHODS and n not in names and _is_factory(getattr(oil, n))
     )
     loss_value, gradient, missing = [], [], []
     for name in names:
