@@ -12,7 +12,12 @@ from optax_invloss._base import (
     weighted_sum,
 )
 from optax_invloss._dwa import DWAState, dwa
+from optax_invloss._grad_norm import GradNormBalanceState, grad_norm_balance
+from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
+from optax_invloss._gradnorm import GradNormState, gradnorm
 from optax_invloss._inverse import InverseLossState, inverse_loss
+from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
+from optax_invloss._ntk import NTKWeightsState, ntk_weights
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._sharding import global_mean, sharded
@@ -27,7 +32,11 @@ __version__ = "0.1.0"
 
 __all__ = (
     "DWAState",
+    "GradNormBalanceState",
+    "GradNormState",
     "InverseLossState",
+    "LRAnnealingState",
+    "NTKWeightsState",
     "ReLoBRaLoState",
     "SoftAdaptState",
     "StaticWeightsState",
@@ -36,13 +45,19 @@ __all__ = (
     "WeightingMethod",
     "dwa",
     "global_mean",
+    "grad_norm_balance",
+    "gradnorm",
     "inverse_loss",
+    "last_layer_mask",
     "loss_weights",
+    "lr_annealing",
+    "ntk_weights",
     "relobralo",
     "sharded",
     "softadapt",
     "static_weights",
     "uncertainty_weighting",
+    "weight_matrix_mask",
     "weighted_sum",
     "with_weighting",
 )

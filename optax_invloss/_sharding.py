@@ -51,7 +51,9 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
     - a ``residual_fn`` keyword input (NTK trace weights) is replaced by the
       function that gathers every device's per-point residuals, so the trace is
       taken over all points (each device then computes the whole trace: NTK
-      updates are rare, ``update_every`` amortises it);
+      updates are rare, ``update_every`` amortises it); residuals that are the
+      same on every device (computed from the replicated parameters alone) are
+      taken once, not gathered;
     - random draws (ReLoBRaLo) come from the key in the state, which is the same
       on every device.
 
@@ -111,10 +113,39 @@ def _global_loss_fn(loss_fn: Callable, axis_name, counts) -> Callable:
     return lambda params: global_mean(loss_fn(params), axis_name, counts)
 
 
+def _varies(x, axis_name) -> bool:
+    """Whether ``x`` is typed as varying over ``axis_name`` inside ``shard_map``.
+
+    True when JAX does not say (``pmap``, or a JAX without varying-axis types).
+    """
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)
+    varying = manual.varying if manual is not None else getattr(aval, "vma", None)
+    if varying is None:
+        return True
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    return bool(set(axes) & set(varying))
+
+
 def _gathered(residual_fn: Callable, axis_name) -> Callable:
+    """``residual_fn`` with every device's per-point residuals gathered.
+
+    A residual that varies over the axis is gathered and then averaged over the
+    devices (``pmean``): the copies are equal, so the value is the gathered one,
+    but it is typed as the same on every device, and its transpose hands each
+    device exactly its own slice of a cotangent (a plain ``all_gather`` of a
+    varying value transposes to a sum over devices, which would scale every
+    Jacobian row by the number of devices). A residual that is already the same
+    on every device (one computed from the replicated parameters alone, say) is
+    not gathered, which would count it once per device.
+    """
+
+    def gather(r):
+        if not _varies(r, axis_name):
+            return r
+        return jax.lax.pmean(jax.lax.all_gather(r, axis_name, tiled=True), axis_name)
+
     def gathered(params):
-        return jax.tree.map(
-            lambda r: jax.lax.all_gather(r, axis_name, tiled=True), residual_fn(params)
-        )
+        return jax.tree.map(gather, residual_fn(params))
 
     return gathered

@@ -1,0 +1,247 @@
+"""Per-term gradients, and the subsets of parameters gradient-based methods look at.
+
+The gradient-based weighting methods (:func:`optax_invloss.lr_annealing`,
+:func:`optax_invloss.grad_norm_balance`, :func:`optax_invloss.ntk_weights`,
+:func:`optax_invloss.gradnorm`) all need the same machinery: pick a subset of the
+parameters with an Optax-style mask, differentiate each loss term (or each
+residual) with respect to that subset only, and turn gradient statistics into
+weights without dividing by zero. It lives here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from optax_invloss import _base
+
+Mask = Any  # None, a pytree of bools matching params, or params -> such a pytree
+
+
+# ----------------------------------------------------------------------------------
+# Masks: which parameters count.
+
+
+def weight_matrix_mask(params: Any) -> Any:
+    """The mask that selects the weight matrices: every leaf with ``ndim >= 2``.
+
+    Biases, scales and other vectors or scalars are left out. This is the subset
+    that the authors' code of learning-rate annealing looks at.
+
+    Args:
+      params: the parameters, any pytree of arrays (a dict, a Flax ``nnx.State``,
+        an Equinox module, ...).
+
+    Returns:
+      A pytree of bools in the structure of ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optax_invloss
+      >>> params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)}}
+      >>> optax_invloss.weight_matrix_mask(params)
+      {'dense': {'bias': False, 'kernel': True}}
+    """
+    return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def _natural_key(path) -> tuple:
+    """A sort key for a pytree path in which digit runs compare as numbers."""
+    key = []
+    for entry in path:
+        for name in (getattr(entry, a, None) for a in ("key", "name", "idx")):
+            if name is not None:
+                break
+        for part in re.split(r"(\d+)", str(name)):
+            if part:
+                key.append((0, int(part), "") if part.isdigit() else (1, 0, part))
+        key.append((2, 0, ""))  # separates path entries
+    return tuple(key)
+
+
+def last_layer_mask(params: Any) -> Any:
+    """The mask that selects the last layer's weight matrix.
+
+    "Last" is the leaf with ``ndim >= 2`` whose path in ``params`` comes last in
+    natural order: the keys along the path are compared in turn, and runs of
+    digits inside a key compare as numbers. So ``Dense_10`` comes after
+    ``Dense_2`` (Flax Linen names), ``layers/10/kernel`` after ``layers/2/kernel``
+    (a list of layers, or an ``nnx.List``), and ``[3][0]`` after ``[2][0]`` (a
+    list of ``(W, b)`` pairs). If your names do not put the output layer last
+    (``{"output": ..., "skip": ...}``, say), pass your own mask.
+
+    Args:
+      params: the parameters, any pytree of arrays.
+
+    Returns:
+      A pytree of bools in the structure of ``params``, True at one leaf.
+
+    Raises:
+      ValueError: if ``params`` holds no leaf with ``ndim >= 2``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import optax_invloss
+      >>> params = {f"Dense_{i}": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+      ...           for i in (0, 2, 10)}
+      >>> mask = optax_invloss.last_layer_mask(params)
+      >>> [name for name in mask if mask[name]["kernel"]]
+      ['Dense_10']
+    """
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    matrices = [i for i, (_, leaf) in enumerate(with_path) if jnp.ndim(leaf) >= 2]
+    if not matrices:
+        raise ValueError(
+            "last_layer_mask found no weight matrix (no leaf with ndim >= 2) in "
+            "params; pass a mask that selects the parameters you mean, or "
+            "mask=None for all of them."
+        )
+    last = max(matrices, key=lambda i: _natural_key(with_path[i][0]))
+    return jax.tree.unflatten(treedef, [i == last for i in range(len(with_path))])
+
+
+def check_mask(mask: Mask, argname: str = "mask") -> None:
+    """Raises ValueError at construction for a mask that cannot be one."""
+    if isinstance(mask, (bool, str, int, float)):
+        raise ValueError(
+            f"{argname} must be None (all parameters), a pytree of bools matching "
+            f"params, or a function params -> such a pytree; got {argname} = "
+            f"{mask!r}."
+        )
+
+
+def selected_leaves(params: Any, mask: Mask, *, method: str) -> list[bool]:
+    """Which leaves of ``params`` (in flatten order) the mask selects.
+
+    Leaves that are not floating point are never selected. Raises ValueError if
+    the mask does not fit ``params`` or selects nothing.
+    """
+    if params is None:
+        raise ValueError(
+            f"{method} needs the parameters: pass params= to update (through "
+            "with_weighting: tx.update(grads, opt_state, params, losses=...))."
+        )
+    leaves = jax.tree.leaves(params)
+    if mask is None:
+        flags = [True] * len(leaves)
+    else:
+        tree = mask(params) if callable(mask) else mask
+        try:
+            spread = jax.tree.map(
+                lambda m, sub: jax.tree.map(lambda _: bool(m), sub), tree, params
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"{method}: the mask does not match the structure of params (a "
+                "mask is a pytree of bools with the structure of params, or a "
+                f"prefix of it).\n  mask:   {jax.tree.structure(tree)}\n  params: "
+                f"{jax.tree.structure(params)}"
+            ) from error
+        flags = jax.tree.leaves(spread)
+    flags = [
+        flag and jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+        for flag, leaf in zip(flags, leaves, strict=True)
+    ]
+    if not any(flags):
+        raise ValueError(
+            f"{method}: the mask selects no floating-point parameter; pass "
+            "mask=None for all parameters, or a mask that selects some."
+        )
+    return flags
+
+
+def restrict(fn: Callable, params: Any, flags: list[bool]):
+    """``fn`` as a function of the selected leaves only; returns ``(g, selected)``.
+
+    ``g(selected)`` puts the selected leaves back into ``params`` (the others held
+    at their current values) and calls ``fn``.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    selected = [leaf for leaf, flag in zip(leaves, flags, strict=True) if flag]
+
+    def g(new_selected):
+        it = iter(new_selected)
+        merged = [
+            next(it) if flag else leaf for leaf, flag in zip(leaves, flags, strict=True)
+        ]
+        return fn(jax.tree.unflatten(treedef, merged))
+
+    return g, selected
+
+
+# ----------------------------------------------------------------------------------
+# Per-term gradients of a loss function.
+
+
+def term_gradients(
+    loss_fn: Callable, params: Any, flags: list[bool], losses: Any, dtype, *, method
+) -> list[list[jax.Array]]:
+    """The gradient of each loss term with respect to the selected parameters.
+
+    Returns one list per term (in the losses' leaf order) of gradient leaves (one
+    per selected parameter leaf), in ``dtype``. One forward pass of ``loss_fn``
+    and one batched backward pass (``jax.jacrev``) for all terms.
+    """
+    g, selected = restrict(loss_fn, params, flags)
+    out = jax.eval_shape(g, selected)
+    _base.check_losses(out, argname=f"{method}: loss_fn(params)")
+    _base.check_structure(out, losses, what="the output of loss_fn(params)")
+    jacobian = jax.jacrev(g)(selected)
+    per_term = jax.tree.structure(losses).flatten_up_to(jacobian)
+    return [[leaf.astype(dtype) for leaf in term] for term in per_term]
+
+
+# ----------------------------------------------------------------------------------
+# Naming terms, guarded arithmetic.
+
+
+def term_names(losses: Any) -> list[str]:
+    """Each term's name: the keys along its path, joined by ``/`` (``bc/left``)."""
+    names = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(losses)[0]:
+        parts = []
+        for entry in path:
+            for name in (getattr(entry, a, None) for a in ("key", "name", "idx")):
+                if name is not None:
+                    break
+            parts.append(str(name))
+        names.append("/".join(parts))
+    return names
+
+
+def term_index(losses: Any, name: str, *, argname: str, method: str) -> int:
+    """The leaf index of the term called ``name``; ValueError listing the terms."""
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(losses)[0]]
+    names = term_names(losses)
+    for i, (path, short) in enumerate(zip(paths, names, strict=True)):
+        if name in (short, jax.tree_util.keystr(path)):
+            return i
+    raise ValueError(
+        f"{method}: {argname} = {name!r} is not a loss term; the terms are "
+        f"{', '.join(repr(n) for n in names)}."
+    )
+
+
+def safe_ratio(numerator, denominator, fallback):
+    """``numerator / denominator`` where the denominator is > 0, else ``fallback``.
+
+    The division never sees a zero, so neither the value nor its gradient becomes
+    NaN or infinite there (the habit of ``optax.safe_norm``).
+    """
+    positive = denominator > 0
+    safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
+    return jnp.where(positive, numerator / safe, fallback)
+
+
+def sum_of_squares(leaves: list[jax.Array]) -> jax.Array:
+    """``sum_k ||g_k||^2`` over a list of arrays."""
+    return sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+
+
+def all_finite(*arrays) -> jax.Array:
+    """True when every entry of every array is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
