@@ -93,8 +93,11 @@ class Size:
       layers: MLP widths, input first.
       points: collocation points per loss term.
       chunk: steps per timed ``lax.scan`` call.
-      repeats: A/B pairs per row.
+      repeats: A/B pairs per row, at most.
       target: the loss-value methods' ratio target at this size.
+      row_seconds: time for one row's pairs; a row whose chunks are slow (an
+        update on every step of an expensive method) gets fewer pairs, at
+        least ``MIN_REPEATS``.
     """
 
     name: str
@@ -103,15 +106,19 @@ class Size:
     chunk: int
     repeats: int
     target: float
+    row_seconds: float = 60.0
 
 
+MIN_REPEATS = 3
 SIZES = {
-    "small": Size("small", (2, 50, 50, 50, 1), 128, chunk=100, repeats=10, target=1.03),
+    "small": Size("small", (2, 50, 50, 50, 1), 128, 100, 8, 1.03, row_seconds=40.0),
     "large": Size(
-        "large", (2, 256, 256, 256, 256, 1), 8192, chunk=1, repeats=4, target=1.01
+        "large", (2, 256, 256, 256, 256, 1), 8192, 1, 3, 1.01, row_seconds=60.0
     ),
 }
-QUICK = {"small": dataclasses.replace(SIZES["small"], chunk=50, repeats=5)}
+QUICK = {
+    "small": dataclasses.replace(SIZES["small"], chunk=50, repeats=5, row_seconds=15.0)
+}
 
 
 # ----------------------------------------------------------------------------------
@@ -512,8 +519,16 @@ class Group:
     keys: jax.Array
     base: Program
     rows: list = dataclasses.field(default_factory=list)
-    programs: dict = dataclasses.field(default_factory=dict)  # row index -> program
-    carries: dict = dataclasses.field(default_factory=dict)  # row index -> start
+    base_seconds: float = 0.0  # one chunk of the plain step
+    # Row index -> (program, its plain step, keys, start carry).
+    runs: dict = dataclasses.field(default_factory=dict)
+    shorter: dict = dataclasses.field(default_factory=dict)  # length -> plain step
+    task: Task | None = None
+
+    @property
+    def step_seconds(self) -> float:
+        """One plain step, as timed after compilation."""
+        return self.base_seconds / self.keys.shape[0]
 
 
 def _row(group: Group, method: str, kind: str, every, **fields) -> dict:
@@ -532,9 +547,21 @@ def _row(group: Group, method: str, kind: str, every, **fields) -> dict:
 
 
 def _measure(group: Group, index: int, repeats: int) -> dict:
-    program = group.programs[index]
-    times = paired(group.base, program, group.keys, repeats, group.carries[index])
-    return summarise(times)
+    program, base, keys, carry = group.runs[index]
+    return summarise(paired(base, program, keys, repeats, carry))
+
+
+def no_update_start(carry: Any, step: int) -> Any:
+    """``carry`` with the weighting state's counter set to ``step``.
+
+    Every weighting state counts its updates in ``weighting_step``; a chunk that
+    starts at ``step = 1`` has no update due before step ``update_every``.
+    """
+    params, opt_state = carry
+    weighting = opt_state.weighting_state
+    counter = jnp.asarray(step, weighting.weighting_step.dtype)
+    weighting = weighting._replace(weighting_step=counter)
+    return params, opt_state._replace(weighting_state=weighting)
 
 
 def add_measured(
@@ -545,17 +572,27 @@ def add_measured(
     program: Program,
     *,
     updates: int | None = None,
-    after_one_chunk: bool = False,
+    start: Any = None,
+    base: Program | None = None,
+    keys: jax.Array | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measures ``program`` against the group's plain step and appends the row."""
-    base = group.base
+    """Measures ``program`` against the plain step and appends the row.
+
+    ``base`` and ``keys``: a plain step and keys of a shorter chunk, for a
+    program whose chunk is shorter than the group's; ``start``: the carry to
+    start from (default the program's own).
+    """
+    base = group.base if base is None else base
+    keys = group.keys if keys is None else keys
+    start = program.carry if start is None else start
     row = _row(
         group,
         method,
         kind,
         every,
         mode="measured",
+        chunk=int(keys.shape[0]),
         updates_per_chunk=updates,
         compile_s_plain=base.compile_seconds,
         compile_s_method=program.compile_seconds,
@@ -570,15 +607,39 @@ def add_measured(
         group.rows.append(row)
         log(_line(row))
         return row
-    # Warm-up (excluded); its result is the start of the no-update chunk.
-    out = program.compiled(program.carry, group.keys)
-    jax.block_until_ready(out)
+    began = time.perf_counter()
+    jax.block_until_ready(program.compiled(start, keys))  # warm-up, excluded
+    pair_seconds = time.perf_counter() - began
+    pair_seconds += group.step_seconds * keys.shape[0]
     index = len(group.rows)
-    group.programs[index] = program
-    group.carries[index] = out[0] if after_one_chunk else program.carry
-    del out
-    row.update(_measure(group, index, group.size.repeats))
+    group.runs[index] = (program, base, keys, start)
+    repeats = int(group.size.row_seconds // pair_seconds)
+    repeats = max(MIN_REPEATS, min(group.size.repeats, repeats))
+    row.update(_measure(group, index, repeats))
     row["peak_device_mib"] = _mib(peak_device_bytes())
+    group.rows.append(row)
+    log(_line(row))
+    return row
+
+
+def add_not_run(
+    group: Group, method: str, every, program: Program, note: str, log=print
+) -> dict:
+    """A row too slow to measure here, with the cost its FLOPs predict."""
+    row = _row(
+        group,
+        method,
+        "gradient",
+        every,
+        mode="not run",
+        note=note,
+        compile_s_plain=group.base.compile_seconds,
+        compile_s_method=program.compile_seconds,
+        temp_mib_plain=_mib(group.base.temp_bytes),
+        temp_mib_method=_mib(program.temp_bytes),
+        flops_always_vs_plain=_ratio(program.flops, group.base.flops),
+        flops_conditional_vs_plain=_ratio(program.conditional_flops, group.base.flops),
+    )
     group.rows.append(row)
     log(_line(row))
     return row
@@ -658,7 +719,7 @@ def rerun_misses(group: Group, log: Callable[[str], None] = print) -> None:
     indices = [
         i
         for i, row in enumerate(group.rows)
-        if row.get("result") == "MISS" and i in group.programs
+        if row.get("result") == "MISS" and i in group.runs
     ]
     jac = next((i for i, r in enumerate(group.rows) if r["method"] == JACREV), None)
     if jac is not None and any(group.rows[i]["update_every"] == 1 for i in indices):
@@ -666,10 +727,22 @@ def rerun_misses(group: Group, log: Callable[[str], None] = print) -> None:
     for i in indices:
         row = group.rows[i]
         first = {k: row[k] for k in ("ratio", "pair_q25", "pair_q75", "repeats")}
-        row.update(_measure(group, i, 2 * group.size.repeats))
+        row.update(_measure(group, i, 2 * row["repeats"]))
         row.setdefault("attempts", []).append(first)
         log(_line(row, "rerun"))
     judge(group)
+
+
+def steps_that_fit(group: Group, step_seconds: float) -> int:
+    """Steps per chunk that let a warm-up and ``MIN_REPEATS`` pairs fit a row.
+
+    0 if even one step per chunk would take over ten times the row's time.
+    """
+    per_step = step_seconds + MIN_REPEATS * (step_seconds + group.step_seconds)
+    n = int(group.size.row_seconds // per_step)
+    if n == 0 and per_step <= 10 * group.size.row_seconds:
+        n = 1
+    return min(n, group.size.chunk)
 
 
 def measure_group(
@@ -687,28 +760,18 @@ def measure_group(
     log(f"[{size.name} {problem}] compiling the plain step ...")
     base = compile_chunk(*plain_step(task), keys)
     jax.block_until_ready(base.compiled(base.carry, keys))  # warm-up
-    group = Group(size, problem, keys, base)
+    began = time.perf_counter()
+    jax.block_until_ready(base.compiled(base.carry, keys))
+    seconds = time.perf_counter() - began
+    group = Group(size, problem, keys, base, base_seconds=seconds, task=task)
     example = jax.eval_shape(task.loss_fn, task.params, task.sample(keys[0]))
 
-    def compile_method(name, k=None):
+    def compile_method(name, k=None, keys=keys):
         return compile_chunk(*method_step(task, build(name, example, k)), keys)
 
-    add_measured(
-        group,
-        PER_TERM,
-        "reference",
-        None,
-        compile_chunk(*per_term_step(task), keys),
-        log=log,
-    )
-    add_measured(
-        group,
-        JACREV,
-        "reference",
-        None,
-        compile_chunk(*jacrev_step(task), keys),
-        log=log,
-    )
+    for label, make_step in ((PER_TERM, per_term_step), (JACREV, jacrev_step)):
+        program = compile_chunk(*make_step(task), keys)
+        add_measured(group, label, "reference", None, program, log=log)
     for name in loss_value:
         row = add_measured(
             group, name, "loss-value", None, compile_method(name), log=log
@@ -718,46 +781,86 @@ def measure_group(
             row["expected_ratio"] = 1.0 + row["update_us"] / (1e3 * row["base_ms"])
         log(f"    update alone: {row['update_us']:.1f} us/step")
     for name in gradient:
+        _gradient_rows(group, name, every, compile_method, log)
+    judge(group)
+    if rerun:
+        rerun_misses(group, log)
+    return group.rows
+
+
+def _gradient_rows(group: Group, name: str, every, compile_method, log) -> None:
+    """K = 1 (c), K dividing the chunk, no update (r0), and amortised rows."""
+    size, keys = group.size, group.keys
+    program = compile_method(name, 1)
+    # An update step's cost predicted from its matrix products.
+    extra = program.conditional_flops / group.base.flops
+    update_seconds = group.step_seconds * (1.0 + extra)
+    n = steps_that_fit(group, update_seconds)
+    if n == 0:
+        add_not_run(
+            group,
+            name,
+            1,
+            program,
+            f"not run: an update step has {extra:.0f} x the plain step's "
+            f"matrix products, about {update_seconds / 60:.0f} min here "
+            f"(predicted ratio about {1 + extra:.0f})",
+            log,
+        )
+    else:
+        base = None
+        if n < size.chunk:  # a slow update: time it in shorter chunks
+            if n not in group.shorter:
+                group.shorter[n] = compile_chunk(*plain_step(group.task), keys[:n])
+            base = group.shorter[n]
+            program = compile_method(name, 1, keys[:n])
         add_measured(
             group,
             name,
             "gradient",
             1,
-            compile_method(name, 1),
-            updates=size.chunk,
+            program,
+            updates=n,
+            base=base,
+            keys=keys[:n],
             log=log,
         )
-        longer = [k for k in every if k > 1 and size.chunk % k != 0]
-        for k in every:
-            if k > 1 and size.chunk % k == 0:
-                add_measured(
-                    group,
-                    name,
-                    "gradient",
-                    k,
-                    compile_method(name, k),
-                    updates=size.chunk // k,
-                    log=log,
-                )
-        k_max = max(every)
-        if longer and 2 * size.chunk <= k_max:
-            # Steps chunk .. 2 chunk - 1 of update_every = k_max: no update due.
+    direct = [k for k in every if k > 1 and size.chunk % k == 0]
+    longer = [k for k in every if k > 1 and size.chunk % k != 0]
+    for k in direct:
+        updates = size.chunk // k
+        chunk_seconds = group.base_seconds + updates * (
+            update_seconds - group.step_seconds
+        )
+        program = compile_method(name, k)
+        if chunk_seconds * (1 + 2 * MIN_REPEATS) > 10 * size.row_seconds:
+            add_not_run(
+                group, name, k, program,
+                f"not run: {updates} update(s) per chunk, about "
+                f"{chunk_seconds / 60:.0f} min a chunk here",
+                log,
+            )  # fmt: skip
+            continue
+        add_measured(
+            group, name, "gradient", k, program, updates=updates, log=log
+        )  # fmt: skip
+    if longer:
+        k_max = max(longer)
+        if size.chunk < k_max:
+            # From step 1, no update is due before step k_max.
+            program = compile_method(name, k_max)
             add_measured(
                 group,
                 name,
                 "gradient",
                 "none",
-                compile_method(name, k_max),
+                program,
                 updates=0,
-                after_one_chunk=True,
+                start=no_update_start(program.carry, 1),
                 log=log,
             )
-        for k in longer:
-            add_amortised(group, name, k)
-    judge(group)
-    if rerun:
-        rerun_misses(group, log)
-    return group.rows
+    for k in longer:
+        add_amortised(group, name, k)
 
 
 def _line(row: dict, prefix: str = "") -> str:
@@ -881,7 +984,8 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"## {name}: MLP {size['layers']}, {size['points']} points per term, "
-            f"chunk {size['chunk']} steps, {size['repeats']} A/B pairs",
+            f"chunk {size['chunk']} steps, up to {size['repeats']} A/B pairs per "
+            f"row (fewer where {size['row_seconds']:.0f} s would not hold them)",
             "",
             "| problem | method | K | mode | ratio | pairs q25-q75 | CPU ratio "
             "| ms/step plain -> method | update alone us (-> ratio) "
@@ -901,7 +1005,7 @@ def markdown(report: dict) -> str:
                 r["mode"] + (" (rerun)" if r.get("attempts") else ""),
                 _fmt(r.get("ratio")) if has else r.get("note", ""),
                 (
-                    f"{r['pair_q25']:.3f}-{r['pair_q75']:.3f}"
+                    f"{r['pair_q25']:.3f}-{r['pair_q75']:.3f} (n={r['repeats']})"
                     if "pair_q25" in r
                     else "-"
                 ),
@@ -963,7 +1067,20 @@ def main(argv: list[str] | None = None) -> dict:
         default="benchmarks/overhead_notes.md",
         help="markdown appended under 'Notes' if the file exists",
     )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only rewrite the markdown of a saved run (with the current notes)",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        path = pathlib.Path(args.render)
+        report = json.loads(path.read_text())
+        notes = pathlib.Path(args.notes)
+        report["notes"] = notes.read_text() if notes.is_file() else None
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        path.with_suffix(".md").write_text(markdown(report))
+        return report
     command = "python -m benchmarks.overhead " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

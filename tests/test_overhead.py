@@ -84,7 +84,18 @@ def _factory(case) -> str:
     return case.make().update.__qualname__.split(".")[0]
 
 
-LOSS_VALUE = [c for c in CASES if not overhead.is_gradient_based(c.make())]
+def _one_per_factory(cases):
+    seen, kept = set(), []
+    for case in cases:
+        if _factory(case) not in seen:
+            seen.add(_factory(case))
+            kept.append(case)
+    return kept
+
+
+LOSS_VALUE = _one_per_factory(
+    [c for c in CASES if not overhead.is_gradient_based(c.make())]
+)
 GRADIENT = [c for c in CASES if overhead.is_gradient_based(c.make())]
 
 
@@ -297,14 +308,23 @@ def test_command_line_writes_json_and_markdown(tmp_path, monkeypatch):
     monkeypatch.setitem(overhead.SIZES, "small", tiny)
     monkeypatch.setattr(overhead, "make_task", lambda problem, size: _toy_task())
     args = ["--sizes", "small", "--problems", "helmholtz", "--methods",
-            "inverse_loss", "--out", str(tmp_path), "--name", "t", "--no-rerun",
-            "--notes", str(tmp_path / "none.md")]  # fmt: skip
+            "inverse_loss", "lr_annealing", "--every", "1", "100", "--out",
+            str(tmp_path), "--name", "t", "--no-rerun", "--notes",
+            str(tmp_path / "none.md")]  # fmt: skip
     report = overhead.main(args)
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["command"] == "python -m benchmarks.overhead " + " ".join(args)
-    methods = [r["method"] for r in saved["rows"]]
-    assert methods == [overhead.PER_TERM, overhead.JACREV, "inverse_loss"]
+    rows = [(r["method"], r["update_every"], r["mode"]) for r in saved["rows"]]
+    assert rows == [
+        (overhead.PER_TERM, None, "measured"),
+        (overhead.JACREV, None, "measured"),
+        ("inverse_loss", None, "measured"),
+        ("lr_annealing", 1, "measured"),
+        ("lr_annealing", "none", "measured"),  # from step 1 of update_every=100
+        ("lr_annealing", 100, "amortised"),
+    ]
     assert all(r["ratio"] > 0 for r in saved["rows"])
-    assert saved["rows"][2]["result"] in ("PASS", "MISS")
+    assert {r["result"] for r in saved["rows"][2:]} <= {"PASS", "MISS"}
+    assert saved["rows"][4]["flops_conditional_vs_plain"] > 0
     text = (tmp_path / "t.md").read_text()
     assert "| helmholtz | inverse_loss |" in text and report["machine"]["cpu"] in text
