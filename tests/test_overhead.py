@@ -262,8 +262,8 @@ def _group(rows, size="small"):
 
 def _r(method, kind, every, ratio):
     return {"method": method, "kind": kind, "update_every": every, "ratio": ratio,
-            "ratio_cpu_time": ratio, "base_ms": 1.0, "method_ms": ratio,
-            "mode": "measured"}  # fmt: skip
+            "ratio_wall": ratio, "ratio_cpu_time": ratio, "clock": "wall",
+            "base_ms": 1.0, "method_ms": ratio, "mode": "measured"}  # fmt: skip
 
 
 def test_targets_and_amortised_rows():
@@ -308,8 +308,8 @@ def test_command_line_writes_json_and_markdown(tmp_path, monkeypatch):
     monkeypatch.setitem(overhead.SIZES, "small", tiny)
     monkeypatch.setattr(overhead, "make_task", lambda problem, size: _toy_task())
     args = ["--sizes", "small", "--problems", "helmholtz", "--methods",
-            "inverse_loss", "lr_annealing", "--every", "1", "100", "--out",
-            str(tmp_path), "--name", "t", "--no-rerun", "--notes",
+            "inverse_loss", "lr_annealing", "--every", "1", "100", "--clock",
+            "cpu", "--out", str(tmp_path), "--name", "t", "--no-rerun", "--notes",
             str(tmp_path / "none.md")]  # fmt: skip
     report = overhead.main(args)
     saved = json.loads((tmp_path / "t.json").read_text())
