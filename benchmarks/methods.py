@@ -13,6 +13,13 @@ and dicts of these, or a bare name, which stands for the public
 ``optax_invloss`` object of that name when there is one and for the string
 otherwise (``policy=frozen`` is ``policy="frozen"``).
 
+An L-BFGS phase after Adam is added with ``+lbfgs(...)``:
+``inverse_loss+lbfgs(policy=frozen)``, ``inverse_loss+lbfgs(policy=refreshed,
+refresh_every=50, iterations=1000)``, ``equal+lbfgs(policy=log)``. Its arguments are
+those of :func:`optax_invloss.run_lbfgs` that the runner does not supply itself
+(``iterations``, ``policy``, ``refresh_every``, ``eps``); without ``iterations``
+the runner's ``--lbfgs-steps`` count is used.
+
 Arguments a method needs from the problem are filled in when the spec does not give
 them: a ``reference`` term gets the problem's residual term (its first term,
 ``"pde"``), and a required ``weights`` dict gets 1 for every term (or the problem's
@@ -58,12 +65,15 @@ class MethodSpec:
       name: the factory's name in ``optax_invloss``, or ``"equal"``.
       args: positional arguments of the factory.
       kwargs: keyword arguments of the factory, as given.
+      lbfgs: keyword arguments of the L-BFGS phase (``+lbfgs(...)``), or None
+        when the spec has none.
     """
 
     text: str
     name: str
     args: tuple = ()
     kwargs: tuple[tuple[str, Any], ...] = ()
+    lbfgs: tuple[tuple[str, Any], ...] | None = None
 
     def build(self, problem: Problem) -> oil.WeightingMethod | None:
         """The weighting method for ``problem`` (None for ``equal``)."""
@@ -172,7 +182,55 @@ def _call_parts(node: ast.AST, spec: str) -> tuple[str, list, dict]:
     )
 
 
+#: Arguments of ``run_lbfgs`` that the training loop supplies itself (and
+#: ``optimizer``, which a spec cannot spell).
+_LBFGS_SUPPLIED = (
+    "loss_fn",
+    "params",
+    "weighting_state",
+    "method",
+    "method_inputs",
+    "optimizer",
+)
+
+
+def lbfgs_options() -> tuple[str, ...]:
+    """The ``run_lbfgs`` arguments a spec's ``+lbfgs(...)`` may give."""
+    if not hasattr(oil, "run_lbfgs"):
+        return ()
+    names = inspect.signature(oil.run_lbfgs).parameters
+    return tuple(n for n in names if n not in _LBFGS_SUPPLIED)
+
+
+def _lbfgs(node: ast.AST, spec: str) -> tuple[tuple[str, Any], ...]:
+    name, args, kwargs = _call_parts(node, spec)
+    if name != "lbfgs":
+        raise ValueError(
+            f"method {spec!r}: only an L-BFGS phase can follow '+', as "
+            f"+lbfgs(policy=frozen), got {name!r}"
+        )
+    if not lbfgs_options():
+        raise ValueError(
+            f"method {spec!r}: this version of optax_invloss has no L-BFGS "
+            "weighting policies (optax_invloss.run_lbfgs)"
+        )
+    unknown = sorted(set(kwargs) - set(lbfgs_options()))
+    if args or unknown:
+        raise ValueError(
+            f"method {spec!r}: lbfgs takes keyword arguments among "
+            f"{', '.join(lbfgs_options())}; got "
+            f"{', '.join(unknown) if unknown else 'positional arguments'}"
+        )
+    return tuple(kwargs.items())
+
+
 def _spec(node: ast.AST, spec: str) -> MethodSpec:
+    lbfgs = None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        if isinstance(node.left, ast.BinOp):
+            raise ValueError(f"method {spec!r}: at most one +lbfgs(...) phase")
+        lbfgs = _lbfgs(node.right, spec)
+        node = node.left
     name, args, kwargs = _call_parts(node, spec)
     names = factories()
     if name != EQUAL and name not in names:
@@ -190,11 +248,17 @@ def _spec(node: ast.AST, spec: str) -> MethodSpec:
             raise ValueError(
                 f"method {spec!r}: {error}; the signature is {name}{_plain(signature)}"
             ) from None
+    text = ast.unparse(node)
+    if lbfgs is not None:
+        text += "+lbfgs" + (
+            f"({', '.join(f'{k}={v!r}' for k, v in lbfgs)})" if lbfgs else ""
+        )
     return MethodSpec(
-        text=ast.unparse(node),
+        text=text,
         name=name,
         args=tuple(args),
         kwargs=tuple(kwargs.items()),
+        lbfgs=lbfgs,
     )
 
 

@@ -113,6 +113,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-every", type=int, default=500, help="steps between error evaluations"
     )
+    p.add_argument(
+        "--lbfgs-steps",
+        type=int,
+        default=0,
+        help="L-BFGS iterations after Adam: for specs with +lbfgs(...) that do not "
+        "give iterations, and, with frozen weights, for every other spec (default "
+        "0: no L-BFGS phase)",
+    )
     p.add_argument("--hidden", default=None, help="hidden widths, e.g. 50,50,50")
     p.add_argument("--batch", type=int, default=None, help="points per piece")
     p.add_argument(
@@ -141,6 +149,20 @@ def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _lbfgs_phase(spec, args) -> tuple[int, dict]:
+    """``(iterations, run_lbfgs options)`` of a spec's L-BFGS phase (0: none)."""
+    if spec.lbfgs is None:
+        return args.lbfgs_steps, {}
+    options = dict(spec.lbfgs)
+    iterations = options.pop("iterations", args.lbfgs_steps)
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(
+            f"method {spec.text!r}: the L-BFGS phase needs iterations >= 1: give "
+            f"+lbfgs(iterations=...) or --lbfgs-steps, got {iterations!r}"
+        )
+    return iterations, options
+
+
 def _prediction(problem: Problem, result) -> np.ndarray:
     points, _ = problem.reference()
     model = nnx.merge(result.graphdef, result.params)
@@ -155,12 +177,19 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
     records, results = [], {}
     for spec in method_specs:
         log(f"{problem.name}: compiling {spec.text} ...")
+        lbfgs_steps, lbfgs = _lbfgs_phase(spec, args)
         trainer = Trainer(
-            problem, spec.build(problem), settings, steps=steps, chunk=chunk
+            problem,
+            spec.build(problem),
+            settings,
+            steps=steps,
+            chunk=chunk,
+            lbfgs_steps=lbfgs_steps,
+            lbfgs=lbfgs,
         )
         for seed in range(args.seeds):
             bar = tqdm(
-                total=trainer.n_chunks * trainer.chunk,
+                total=trainer.n_chunks * trainer.chunk + trainer.lbfgs_steps,
                 desc=f"{problem.name} {spec.text} seed {seed}",
                 disable=args.no_progress,
                 leave=True,
@@ -245,6 +274,11 @@ def main(argv: list[str] | None = None) -> dict:
             _settings(problem, args)
             for spec in method_specs:
                 spec.build(problem)
+                if _lbfgs_phase(spec, args)[0] and not specs.lbfgs_options():
+                    raise ValueError(
+                        "--lbfgs-steps: this version of optax_invloss has no "
+                        "L-BFGS weighting policies (optax_invloss.run_lbfgs)"
+                    )
     except ValueError as error:
         parser().error(str(error))
     name = args.problem if len(problems) == 1 else "all"

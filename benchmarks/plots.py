@@ -47,8 +47,13 @@ def error_plot(
                 alpha=0.15,
                 linewidth=0,
             )
+    adam = {
+        r["adam_steps"] for r in runs if r.get("adam_steps", r["steps"]) < r["steps"]
+    }
+    for steps in sorted(adam):
+        ax.axvline(steps, color="gray", linestyle=":", linewidth=1)
     ax.set_yscale("log")
-    ax.set_xlabel("step")
+    ax.set_xlabel("step (after the dotted line: L-BFGS iterations)" if adam else "step")
     ax.set_ylabel("relative L2 error")
     ax.set_title(f"{problem}: error (median over seeds, min-max shaded)")
     ax.grid(True, which="both", alpha=0.3)

@@ -29,6 +29,9 @@ CSV_FIELDS = (
     "best_rel_l2",
     "final_weights",
     "skipped_updates",
+    "lbfgs_steps",
+    "lbfgs_seconds",
+    "lbfgs_linesearch_failures",
 )
 
 
@@ -57,6 +60,9 @@ def record(
         best_rel_l2=result.best_error,
         final_weights=result.final_weights,
         skipped_updates=result.skipped_updates,
+        lbfgs_steps=steps - int(result.adam_steps),
+        lbfgs_seconds=result.lbfgs_seconds,
+        lbfgs_linesearch_failures=result.lbfgs_linesearch_failures,
         error_history=dict(
             steps=result.steps.tolist(), rel_l2=[float(e) for e in result.errors]
         ),
@@ -112,6 +118,7 @@ def summary(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> list[
                 method=method,
                 seeds=len(mine),
                 steps=mine[0]["steps"],
+                lbfgs_steps=mine[0].get("lbfgs_steps", 0),
                 final=[r["final_rel_l2"] for r in mine],
                 best=[r["best_rel_l2"] for r in mine],
                 seconds_per_step=float(
@@ -133,8 +140,9 @@ def table(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> str:
     base = next((r for r in rows if r["method"] == "equal"), rows[0])
     first = next(r for r in runs if r["problem"] == problem)
     seeds = max(r["seeds"] for r in rows)
+    steps = first.get("adam_steps", first["steps"])
     lines = [
-        f"### {problem} ({first['preset']} preset, {first['steps']} steps, "
+        f"### {problem} ({first['preset']} preset, {steps} steps, "
         f"{seeds} seed{'s' if seeds > 1 else ''})",
         "",
         "| method | final rel. L2 | best rel. L2 | time/step vs "
@@ -146,8 +154,10 @@ def table(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> str:
         cpu = row["cpu_seconds_per_step"] / base["cpu_seconds_per_step"]
         cpu = "n/a" if np.isnan(cpu) else f"{cpu:.2f}"  # older records: wall only
         weights = ", ".join(f"{t} {w:.3g}" for t, w in row["weights"].items())
+        lbfgs = f" + {row['lbfgs_steps']} L-BFGS" if row["lbfgs_steps"] else ""
         lines.append(
-            f"| `{row['method']}` | {_spread(row['final'])} | {_spread(row['best'])} "
+            f"| `{row['method']}`{lbfgs} | {_spread(row['final'])} "
+            f"| {_spread(row['best'])} "
             f"| {wall:.2f}, {cpu} ({1e3 * row['seconds_per_step']:.2g} ms) "
             f"| {weights} |"
         )

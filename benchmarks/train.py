@@ -50,6 +50,11 @@ class RunResult:
       chunk_seconds: wall time of each chunk of the first-order phase.
       chunk_cpu_seconds: CPU time of the process (all threads) during each
         chunk; steadier than wall time on a shared machine.
+      lbfgs_seconds: wall time of the L-BFGS phase (its compilation included on
+        a :class:`Trainer`'s first run); 0 without one.
+      lbfgs_weights: the weights at the end of the L-BFGS phase, or None.
+      lbfgs_linesearch_failures: L-BFGS iterations whose line search found no
+        step of sufficient decrease.
     """
 
     steps: np.ndarray
@@ -64,6 +69,9 @@ class RunResult:
     adam_steps: int = 0
     chunk_seconds: tuple[float, ...] = ()
     chunk_cpu_seconds: tuple[float, ...] = ()
+    lbfgs_seconds: float = 0.0
+    lbfgs_weights: dict | None = None
+    lbfgs_linesearch_failures: int = 0
 
     @property
     def final_error(self) -> float:
@@ -95,6 +103,8 @@ class RunResult:
 
     @property
     def final_weights(self) -> dict:
+        if self.lbfgs_weights is not None:
+            return dict(self.lbfgs_weights)
         return {k: float(v[-1]) for k, v in self.weights.items()}
 
 
@@ -113,21 +123,10 @@ def _equal_weights() -> oil.WeightingMethod:
     return oil.WeightingMethod(init, update)
 
 
-def _lbfgs_phase(
-    loss_fn, params, opt_state, method, iterations: int, options: Mapping[str, Any]
-):
-    """An L-BFGS phase after Adam: the place where it plugs into the loop.
-
-    The weighting policies during L-BFGS (weights frozen, refreshed with the
-    memory reset, or the log objective) belong to the library; this loop only
-    hands them the fixed-batch ``loss_fn``, the parameters and the optimizer state
-    that holds the weighting state.
-    """
-    del loss_fn, params, opt_state, method, options
-    raise NotImplementedError(
-        f"an L-BFGS phase ({iterations} iterations) was requested, but this "
-        "version of optax_invloss has no L-BFGS weighting policies yet"
-    )
+#: Key of the fixed batch every L-BFGS phase runs on (the same for every seed, so
+#: that the compiled phase is shared; the seeds differ by initialisation and by
+#: the Adam phase's samples).
+LBFGS_BATCH_KEY = 20_250_101
 
 
 class Trainer:
@@ -141,9 +140,12 @@ class Trainer:
       steps: number of steps (default: the settings'); rounded up to whole chunks.
       chunk: steps per jitted ``lax.scan`` call; the error is measured after each.
       optimizer: overrides the settings' optimizer.
-      lbfgs_steps: L-BFGS iterations after the first-order phase (0: none), on
-        the batch of seed's fixed key.
-      lbfgs: options of the L-BFGS phase (policy and its arguments).
+      lbfgs_steps: L-BFGS iterations after the first-order phase (0: none), by
+        :func:`optax_invloss.run_lbfgs` on one fixed batch (drawn with
+        ``LBFGS_BATCH_KEY``, the same for every seed).
+      lbfgs: keyword arguments of ``run_lbfgs`` for that phase: ``policy``
+        (``"frozen"`` by default), ``refresh_every``, ``eps``. The weighting
+        method and, for ``"refreshed"``, ``residual_fn`` are passed along.
     """
 
     def __init__(
@@ -188,7 +190,19 @@ class Trainer:
         def residual_fn(params, batch):
             return problem.residuals(apply_fn(params), batch)
 
-        self._loss_fn = loss_fn
+        if self.lbfgs_steps:  # one function object each: compiled once
+            fixed = problem.sample(jax.random.key(LBFGS_BATCH_KEY), settings.batch)
+            # Points in the parameters' dtype, so that the objective is too:
+            # optax.lbfgs's line search needs one dtype (with x64 on, sampled
+            # points are float64 and the network float32).
+            dtype = optax.tree.dtype(params, "lowest")
+            fixed = jax.tree.map(lambda x: x.astype(dtype), fixed)
+            self._lbfgs_loss = lambda params: loss_fn(params, fixed)
+            self._lbfgs_inputs = {}
+            if self.lbfgs.get("policy") == "refreshed":
+                self._lbfgs_inputs["method_inputs"] = {
+                    "residual_fn": lambda params: residual_fn(params, fixed)
+                }
         batch = jax.eval_shape(
             lambda k: problem.sample(k, settings.batch), jax.random.key(0)
         )
@@ -282,21 +296,29 @@ class Trainer:
             if on_eval is not None:
                 on_eval(at[-1], errors[-1])
         adam_steps, seconds = at[-1], sum(times)
+        lbfgs_seconds, lbfgs_weights, failures = 0.0, None, 0
         if self.lbfgs_steps:
-            batch = problem.sample(key, self.settings.batch)
             start = time.perf_counter()
-            params, opt_state = _lbfgs_phase(
-                lambda p: self._loss_fn(p, batch),
+            params, weighting_state, info = oil.run_lbfgs(
+                self._lbfgs_loss,
                 params,
-                opt_state,
-                self.method,
-                self.lbfgs_steps,
-                self.lbfgs,
+                opt_state.weighting_state,
+                iterations=self.lbfgs_steps,
+                method=self.method,
+                **self.lbfgs,
+                **self._lbfgs_inputs,
             )
             jax.block_until_ready(params)
-            seconds += time.perf_counter() - start
+            lbfgs_seconds = time.perf_counter() - start
+            opt_state = opt_state._replace(weighting_state=weighting_state)
+            lbfgs_weights = {
+                k: float(v) for k, v in oil.loss_weights(weighting_state).items()
+            }
+            failures = int(np.sum(info.linesearch_failed))
             errors.append(float(self._error(params)))
             at.append(adam_steps + self.lbfgs_steps)
+            if progress is not None:
+                progress(self.lbfgs_steps)
             if on_eval is not None:
                 on_eval(at[-1], errors[-1])
         cat = lambda hs: {k: np.concatenate([h[k] for h in hs]) for k in hs[0]}
@@ -315,6 +337,9 @@ class Trainer:
             adam_steps=adam_steps,
             chunk_seconds=tuple(times),
             chunk_cpu_seconds=tuple(cpu_times),
+            lbfgs_seconds=lbfgs_seconds,
+            lbfgs_weights=lbfgs_weights,
+            lbfgs_linesearch_failures=failures,
         )
 
 
@@ -343,7 +368,7 @@ def train(
       optimizer: overrides the preset's optimizer.
       progress: called with the number of steps done after each chunk.
       lbfgs_steps: L-BFGS iterations after the first-order phase (0: none).
-      lbfgs: options of the L-BFGS phase.
+      lbfgs: options of the L-BFGS phase (see :class:`Trainer`).
     """
     trainer = Trainer(
         problem,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -12,6 +13,7 @@ import pytest
 import optax_invloss as oil
 from benchmarks import methods, pinn, plots, report
 from benchmarks.problems import get_problem
+from benchmarks.train import Trainer, train
 
 
 def test_runner_end_to_end_writes_every_output(tmp_path, capsys):
@@ -124,6 +126,93 @@ def test_parse_list_splits_at_top_level_commas_only():
         "inverse_loss(min_weight=0.0, max_weight=0.9)",
         "inverse_loss",
     ]
+
+
+def test_parse_lbfgs_phase():
+    spec = methods.parse_method("inverse_loss + lbfgs(policy=frozen)")
+    assert spec.name == "inverse_loss" and spec.kwargs == ()
+    assert spec.lbfgs == (("policy", "frozen"),)
+    assert spec.text == "inverse_loss+lbfgs(policy='frozen')"
+    spec = methods.parse_method(
+        "inverse_loss(min_weight=0.0)+lbfgs(policy=refreshed, refresh_every=5, "
+        "iterations=7)"
+    )
+    assert dict(spec.kwargs) == {"min_weight": 0.0}
+    assert dict(spec.lbfgs) == {
+        "policy": "refreshed",
+        "refresh_every": 5,
+        "iterations": 7,
+    }
+    assert methods.parse_method("equal+lbfgs").lbfgs == ()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("inverse_loss+adam", "only an L-BFGS phase"),
+        ("inverse_loss+lbfgs(optimizer=1)", "keyword arguments among"),
+        ("inverse_loss+lbfgs(10)", "positional"),
+        ("inverse_loss+lbfgs+lbfgs", "at most one"),
+    ],
+)
+def test_bad_lbfgs_specs_are_errors(text, match):
+    with pytest.raises(ValueError, match=match):
+        methods.parse_method(text)
+
+
+def test_lbfgs_iterations_come_from_the_spec_or_the_flag():
+    flag = argparse.Namespace(lbfgs_steps=30)
+    none = argparse.Namespace(lbfgs_steps=0)
+    spec = methods.parse_method("inverse_loss+lbfgs(policy=log, iterations=5)")
+    assert pinn._lbfgs_phase(spec, flag) == (5, {"policy": "log"})
+    spec = methods.parse_method("inverse_loss+lbfgs(policy=log)")
+    assert pinn._lbfgs_phase(spec, flag) == (30, {"policy": "log"})
+    with pytest.raises(ValueError, match="iterations >= 1"):
+        pinn._lbfgs_phase(spec, none)
+    # Without +lbfgs: the flag's count, frozen weights (run_lbfgs's default).
+    assert pinn._lbfgs_phase(methods.parse_method("equal"), flag) == (30, {})
+    assert pinn._lbfgs_phase(methods.parse_method("equal"), none) == (0, {})
+
+
+@pytest.mark.parametrize("policy", ["frozen", "refreshed"])
+def test_training_with_an_lbfgs_phase(policy):
+    problem = get_problem("poisson")
+    done = []
+    if policy == "frozen":  # through train(), as benchmarks/*.py scripts call it
+        result = train(
+            problem,
+            oil.inverse_loss(),
+            preset="adam",
+            seed=1,
+            steps=20,
+            chunk=10,
+            progress=done.append,
+            lbfgs_steps=5,
+        )
+    else:
+        settings = dataclasses.replace(
+            problem.preset("adam"), layers=(1, 8, 1), batch=16
+        )
+        trainer = Trainer(
+            problem,
+            oil.inverse_loss(),
+            settings,
+            steps=20,
+            chunk=10,
+            lbfgs_steps=5,
+            lbfgs={"policy": "refreshed", "refresh_every": 2},
+        )
+        result = trainer.run(0, progress=done.append)
+    assert done == [10, 10, 5]
+    assert result.steps.tolist() == [10, 20, 25] and result.adam_steps == 20
+    assert len(result.errors) == 3 and np.isfinite(result.errors).all()
+    assert result.compile_seconds > 0 and result.lbfgs_seconds > 0
+    assert set(result.final_weights) == {"pde", "bc"}
+    if policy == "frozen":  # the weights of the Adam phase's end
+        adam_end = {k: float(v[-1]) for k, v in result.weights.items()}
+        assert result.final_weights == pytest.approx(adam_end)
+    record = report.record(result, problem="poisson", preset="adam", method="m", seed=0)
+    assert record["lbfgs_steps"] == 5 and record["steps"] == 25
 
 
 def test_bare_names_are_strings_or_library_objects():
