@@ -183,16 +183,28 @@ def term_gradients(
     """The gradient of each loss term with respect to the selected parameters.
 
     Returns one list per term (in the losses' leaf order) of gradient leaves (one
-    per selected parameter leaf), in ``dtype``. One forward pass of ``loss_fn``
-    and one batched backward pass (``jax.jacrev``) for all terms.
+    per selected parameter leaf), in ``dtype``.
+
+    One ``jax.grad`` per term, each of that term alone: the parts of the forward
+    pass that the terms share are computed once (XLA merges them), and each
+    backward pass runs through its own term only. When the terms are computed on
+    their own points (PINNs: residual, boundary, initial points), all the terms'
+    gradients together cost one forward and one backward pass of the whole loss.
+    ``jax.jacrev`` of the loss dict would instead run the backward pass of the
+    whole loss once per term (one pass batched over the terms): on the 5-term
+    Helmholtz benchmark that made an update step cost 5.4 plain steps on a CPU,
+    against 1.9 this way (``benchmarks/overhead.py``).
     """
     g, selected = restrict(loss_fn, params, flags)
     out = jax.eval_shape(g, selected)
     _base.check_losses(out, argname=f"{method}: loss_fn(params)")
     _base.check_structure(out, losses, what="the output of loss_fn(params)")
-    jacobian = jax.jacrev(g)(selected)
-    per_term = jax.tree.structure(losses).flatten_up_to(jacobian)
-    return [[leaf.astype(dtype) for leaf in term] for term in per_term]
+
+    def term(i):
+        return jax.grad(lambda s: jax.tree.leaves(g(s))[i])(selected)
+
+    n = len(jax.tree.leaves(losses))
+    return [[leaf.astype(dtype) for leaf in term(i)] for i in range(n)]
 
 
 # ----------------------------------------------------------------------------------

@@ -106,7 +106,11 @@ def inverse_loss(
     gradient descent, every inverse-loss setting loses to equal weights (0.98
     against 0.45), because the residual's effective step is 20 times smaller.
     Late in training the weights often sit on the floor, where the method acts as
-    fixed weights chosen by the floor.
+    fixed weights chosen by the floor. On the 1D wave and Burgers problems (short
+    runs, ``benchmarks/results/pinn/floor/README.md``) one boundary or velocity term
+    takes most of the weight, the initial condition sits on the floor, and the
+    default loses to equal weights; a higher floor narrows the gap but did not
+    close it.
 
     The weights returned by ``update`` at step :math:`t` are computed from the
     losses passed at step :math:`t`. In the one-pass training step of the README
