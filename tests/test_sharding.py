@@ -135,6 +135,9 @@ def _train_shard_map(case, x, mask, counts):
         params, opt_state, state, per_device = step(
             params, opt_state, state, x, mask, count
         )
+        # One sharded step in flight at a time: simulated CPU devices on few cores
+        # can deadlock in XLA's all-reduce when several steps are queued.
+        jax.block_until_ready(params)
     return params, oil.loss_weights(state), per_device
 
 
