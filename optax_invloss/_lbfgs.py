@@ -14,9 +14,13 @@ under one of three policies:
   function, which is what L-BFGS assumes.
 - ``"refreshed"``: every ``refresh_every`` iterations the weights are
   recomputed with the method's ``update`` from the current losses; whenever
-  they change, the L-BFGS memory and the line search's cached value and
-  gradient are reset (:func:`reset_lbfgs`), so that each stretch between
-  refreshes is a plain L-BFGS run on one fixed objective.
+  they change by more than ``WEIGHT_RTOL`` (1e-4, relative, in any term), the
+  L-BFGS memory and the line search's cached value and gradient are reset
+  (:func:`reset_lbfgs`), so that each stretch between refreshes is a plain
+  L-BFGS run on one fixed objective. A smaller change (the last bits of a
+  capped projection, an average that has settled) clears only the cached
+  value and gradient: the curvature pairs stay, and the line search still
+  compares values of one objective only.
 - ``"log"``: for inverse-loss weighting, minimise the fixed objective
   :math:`\sum_i \log(L_i + \epsilon)` (:func:`log_objective`), whose gradient
   points where the inverse-loss weighted gradient points.
@@ -298,8 +302,38 @@ def reset_lbfgs(opt_state: Any) -> Any:
     return jax.tree.map(_reset_one, opt_state, is_leaf=_is_resettable)
 
 
-def _weights_changed(old: _base.Weights, new: _base.Weights) -> jax.Array:
-    return jnp.any(_base.stack(old) != _base.stack(new))
+# Weights that moved by at most this fraction of themselves (rounding in a capped
+# projection, an EMA that has settled) keep the L-BFGS memory: only the cached
+# value and gradient are dropped, so the line search never compares values of
+# two objectives. A larger change resets L-BFGS completely.
+WEIGHT_RTOL = 1e-4
+
+
+def _reset_cache(x):
+    if _has_value_cache(x):
+        return x._replace(
+            value=jnp.full_like(x.value, jnp.inf),
+            grad=jax.tree.map(jnp.zeros_like, x.grad),
+        )
+    return x
+
+
+def _reset_for_new_weights(
+    opt_state: Any, old: _base.Weights, new: _base.Weights
+) -> tuple[Any, jax.Array]:
+    """``opt_state`` made consistent with the objective of the ``new`` weights.
+
+    Unchanged weights: the state as it is. A change of at most ``WEIGHT_RTOL``
+    (relative, per term): the cached value and gradient are cleared, the
+    curvature pairs kept. A larger change: :func:`reset_lbfgs`. Returns the state
+    and whether the weights changed at all (the objective is a new function).
+    """
+    a, b = _base.stack(old), _base.stack(new)
+    moved = jnp.any(a != b)
+    large = jnp.any(jnp.abs(b - a) > WEIGHT_RTOL * jnp.abs(a))
+    cleared = jax.tree.map(_reset_cache, opt_state, is_leaf=_has_value_cache)
+    opt_state = optax.tree.where(moved, cleared, opt_state)
+    return optax.tree.where(large, reset_lbfgs(opt_state), opt_state), moved
 
 
 def reset_on_new_weights(
@@ -310,9 +344,12 @@ def reset_on_new_weights(
     ``optimizer`` is an optimizer built with
     :func:`optax_invloss.with_weighting` around ``optax.lbfgs()`` (or another
     line-search optimizer). After each ``update``, if the weights in the state
-    differ from the weights before it, the state is passed through
-    :func:`reset_lbfgs`: the next step starts a fresh L-BFGS run on the new
-    objective, with no curvature pairs and no cached value from the old one.
+    differ from the weights before it by more than ``WEIGHT_RTOL`` (1e-4,
+    relative, in any term), the state is passed through :func:`reset_lbfgs`:
+    the next step starts a fresh L-BFGS run on the new objective, with no
+    curvature pairs and no cached value from the old one. A smaller change
+    clears only the cached value and gradient (they belong to the old
+    objective) and keeps the curvature pairs.
     This is the ``"refreshed"`` policy of :func:`run_lbfgs` for training loops
     of your own (plain Optax, or Flax ``nnx.Optimizer``); the weighting method's
     own schedule decides when the weights change, so give it one
@@ -365,8 +402,7 @@ def reset_on_new_weights(
         old = _base.find_weighting_state(state).loss_weights
         updates, new_state = optimizer.update(updates, state, params, **extra_args)
         new = _base.find_weighting_state(new_state).loss_weights
-        changed = _weights_changed(old, new)
-        new_state = optax.tree.where(changed, reset_lbfgs(new_state), new_state)
+        new_state, _ = _reset_for_new_weights(new_state, old, new)
         return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -391,8 +427,9 @@ class LBFGSInfo(NamedTuple):
         sufficient decrease (its ``decrease_error`` > 0): the step it took may
         have raised the objective. Always False for an optimizer without a
         line search.
-      refreshed: True where the weights were recomputed before the iteration,
-        came out different, and L-BFGS was reset.
+      refreshed: True where the weights were recomputed before the iteration
+        and came out different: the objective changed there. L-BFGS was reset
+        (or, for a change of at most ``WEIGHT_RTOL``, its cached value).
     """
 
     objective: jax.Array  # shape=(iterations,), the objective's dtype.
@@ -479,7 +516,8 @@ def run_lbfgs(
     - ``"frozen"``: the weights of ``weighting_state`` for every iteration.
     - ``"refreshed"``: before iterations ``N, 2N, ...`` (``refresh_every =
       N``) call ``method.update`` on the losses at the current iterate; if the
-      weights change, :func:`reset_lbfgs` the optimizer state. The method sees
+      weights change by more than ``WEIGHT_RTOL``, :func:`reset_lbfgs` the
+      optimizer state (a smaller change clears only the cached value). The method sees
       only these losses (an ``ema_decay`` averages over refreshes, an
       ``update_every`` counts refreshes). It is called with the keyword
       inputs ``params=`` and ``loss_fn=`` and those in ``method_inputs``;
@@ -622,8 +660,9 @@ def _run(
         _, new = method.update(
             losses, wstate, params=params, loss_fn=loss_fn, **dict(method_inputs)
         )
-        changed = _weights_changed(wstate.loss_weights, new.loss_weights)
-        opt_state = optax.tree.where(changed, reset_lbfgs(opt_state), opt_state)
+        opt_state, changed = _reset_for_new_weights(
+            opt_state, wstate.loss_weights, new.loss_weights
+        )
         return opt_state, new, changed
 
     def body(carry, k):

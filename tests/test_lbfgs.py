@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import optax_invloss as oil
+from optax_invloss import _lbfgs as _lbfgs_module
 
 # The line search of optax.lbfgs accepts a step whose value is within
 # approx_dec_rtol = 1e-6 (relative) of the start value (Hager-Zhang's approximate
@@ -160,6 +161,34 @@ def test_reset_lbfgs_gives_the_initial_lbfgs_state():
     # value_and_grad_from_state now recomputes instead of reusing the cache.
     value, _ = optax.value_and_grad_from_state(value_fn)(params, state=reset)
     np.testing.assert_allclose(value, value_fn(params), rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("factor", "memory_kept", "value_cached"),
+    [
+        (1.0, True, True),  # unchanged weights: the state as it was
+        (1.0 + 1e-6, True, False),  # rounding-size change: drop the cached value
+        (1.01, False, False),  # a real change: a fresh L-BFGS
+    ],
+)
+def test_reset_for_new_weights_by_size_of_the_change(factor, memory_kept, value_cached):
+    opt = optax.lbfgs(memory_size=4)
+    old = {"fit": 0.25, "bc": 0.75}
+    params, state = _lbfgs_steps(
+        opt, net_params(), oil.weighted_objective(loss_fn, old), 6
+    )
+    new = {"fit": 0.25 * factor, "bc": 0.75}
+    old_a = jax.tree.map(jnp.asarray, old)
+    new_a = jax.tree.map(jnp.asarray, new)
+    out, moved = jax.jit(_lbfgs_module._reset_for_new_weights)(state, old_a, new_a)
+    assert bool(moved) == (factor != 1.0)
+    assert (int(out[0].count) == 6) == memory_kept
+    assert (float(optax.tree.get(out, "value")) < np.inf) == value_cached
+    if memory_kept:
+        for x, y in zip(
+            jax.tree.leaves(out[0]), jax.tree.leaves(state[0]), strict=True
+        ):
+            np.testing.assert_array_equal(x, y)
 
 
 # ----------------------------------------------------------------------------------
