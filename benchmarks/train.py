@@ -229,7 +229,8 @@ class Trainer:
                 params,
                 losses=losses,
                 loss_fn=lambda p: loss_fn(p, batch),
-                residual_fn=lambda p: residual_fn(p, batch),
+                residual_fn=residual_fn,
+                points=batch,
             )
             params = optax.apply_updates(params, updates)
             return (params, opt_state), (losses, weights)

@@ -48,12 +48,14 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
       function that returns the global mean of its losses, so per-term gradients
       and their statistics are those of the global losses (JAX's ``shard_map``
       differentiates through the collective);
-    - a ``residual_fn`` keyword input (NTK trace weights) is replaced by the
-      function that gathers every device's per-point residuals, so the trace is
-      taken over all points (each device then computes the whole trace: NTK
-      updates are rare, ``update_every`` amortises it); residuals that are the
-      same on every device (computed from the replicated parameters alone) are
-      taken once, not gathered;
+    - NTK trace weights: a ``points`` keyword input is gathered from every
+      device (points that are the same on every device are taken once), and
+      ``residual_fn(params, points)`` runs on all of them; without ``points``,
+      ``residual_fn(params)`` is replaced by the function that gathers every
+      device's per-point residuals (residuals that are the same on every
+      device, computed from the replicated parameters alone, are taken once).
+      Either way the trace is taken over all points, each device computing the
+      whole trace (NTK updates are rare, ``update_every`` amortises it);
     - random draws (ReLoBRaLo) come from the key in the state, which is the same
       on every device.
 
@@ -94,7 +96,11 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
         if loss_fn is not None:
             inputs["loss_fn"] = _global_loss_fn(loss_fn, axis_name, counts)
         residual_fn = inputs.get("residual_fn")
-        if residual_fn is not None:
+        if inputs.get("points") is not None:
+            inputs["points"] = jax.tree.map(
+                lambda x: _gather(x, axis_name), inputs["points"]
+            )
+        elif residual_fn is not None:
             inputs["residual_fn"] = _gathered(residual_fn, axis_name)
         return method.update(losses, state, **inputs)
 
@@ -140,12 +146,14 @@ def _gathered(residual_fn: Callable, axis_name) -> Callable:
     not gathered, which would count it once per device.
     """
 
-    def gather(r):
-        if not _varies(r, axis_name):
-            return r
-        return jax.lax.pmean(jax.lax.all_gather(r, axis_name, tiled=True), axis_name)
-
     def gathered(params):
-        return jax.tree.map(gather, residual_fn(params))
+        return jax.tree.map(lambda r: _gather(r, axis_name), residual_fn(params))
 
     return gathered
+
+
+def _gather(x, axis_name):
+    """Every device's ``x`` (tiled along the first axis), the same on all of them."""
+    if not _varies(x, axis_name):
+        return x
+    return jax.lax.pmean(jax.lax.all_gather(x, axis_name, tiled=True), axis_name)

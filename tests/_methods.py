@@ -4,7 +4,8 @@ Every public method of the library has at least one entry here. An entry builds 
 method and says which keyword inputs its ``update`` needs on the contract suite's
 toy problem (see ``toy_loss_fn``): loss-value methods need none; gradient-based
 methods take ``params`` and a function of the parameters: ``loss_fn`` (see
-``toy_loss_fn``), or for NTK weights ``residual_fn`` (see ``toy_residual_fn``).
+``toy_loss_fn``), or for NTK weights ``residual_fn`` (see ``toy_residual_fn``,
+and ``toy_point_residual_fn`` with ``points``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ def toy_residual_fn(params):
     }
 
 
+def toy_point_residual_fn(params, points):
+    """``toy_residual_fn`` as a function of the points (``TOY_POINTS``)."""
+    w, b = params["w"], params["b"]
+    x = points["pde"].astype(w.dtype)
+    pred = w[0] * x + w[1] * x**2 + b
+    bc = jnp.sqrt(jnp.asarray(10.0, w.dtype)) * (w[0] + w[1] + b - 1.0)
+    return {
+        "pde": (pred - jnp.sin(x)) / jnp.sqrt(jnp.asarray(8.0, w.dtype)),
+        "bc": jnp.zeros_like(points["bc"], w.dtype) + bc,
+    }
+
+
+# The boundary residual depends on no point: one dummy point for its one entry.
+TOY_POINTS = {"pde": jnp.linspace(-1.0, 1.0, 8), "bc": jnp.zeros(1)}
+
+
 def toy_params(dtype=jnp.float32):
     return {"w": jnp.asarray([0.1, -0.2], dtype), "b": jnp.asarray(0.05, dtype)}
 
@@ -66,6 +83,17 @@ def _residual_inputs(params, loss_fn):
     # Rebuilt as a dict so that it also reads a Flax nnx.State of the toy params.
     residual_fn = lambda p: toy_residual_fn({"w": p["w"], "b": p["b"]})
     return {"params": params, "residual_fn": residual_fn}
+
+
+def _point_residual_inputs(params, loss_fn):
+    del loss_fn
+    return {
+        "params": params,
+        "residual_fn": lambda p, x: toy_point_residual_fn(
+            {"w": p["w"], "b": p["b"]}, x
+        ),
+        "points": TOY_POINTS,
+    }
 
 
 def _vector_leaves(params):
@@ -139,6 +167,11 @@ CASES = [
         "ntk_weights_chunked_decay",
         lambda: oil.ntk_weights(update_every=2, decay=0.5, chunk_size=3),
         _residual_inputs,
+    ),
+    MethodCase(
+        "ntk_weights_points",
+        lambda: oil.ntk_weights(update_every=1, chunk_size=3),
+        _point_residual_inputs,
     ),
     MethodCase("gradnorm", lambda: oil.gradnorm(mask=None), _loss_gradient_inputs),
 ]

@@ -181,6 +181,65 @@ def test_traces_equal_a_dense_jacobian(chunk_size):
     np.testing.assert_array_equal(counts, [5, 7])
 
 
+def mlp_point_residual_fn(params, points):
+    def pde(xy):  # the residual of mlp_residual_fn, as a function of the point
+        grad_u = jax.grad(u, argnums=1)(params, xy)
+        return grad_u[0] + grad_u[1] + u(params, xy) - jnp.sin(xy[0])
+
+    return {
+        "pde": jax.vmap(pde)(points["pde"]),
+        "bc": jax.vmap(lambda z: u(params, z))(points["bc"]) - 0.5,
+    }
+
+
+MLP_POINTS = {"pde": XY_R, "bc": XY_B}
+
+
+@pytest.mark.parametrize("matrices_only", [False, True])
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 64])
+def test_traces_from_points_equal_a_dense_jacobian(chunk_size, matrices_only):
+    params = mlp_params(jax.random.PRNGKey(0))
+    losses = {k: jnp.mean(r**2) for k, r in mlp_residual_fn(params).items()}
+    flags = [jnp.ndim(p) >= 2 or not matrices_only for p in jax.tree.leaves(params)]
+    traces, counts = jax.jit(
+        lambda p, x: _ntk.kernel_traces(
+            mlp_point_residual_fn,
+            p,
+            flags,
+            losses,
+            jnp.float64,
+            chunk_size=chunk_size,
+            points=x,
+        )
+    )(params, MLP_POINTS)
+    expected = dense_traces(params, matrices_only=matrices_only)
+    np.testing.assert_allclose(traces, expected, rtol=1e-10)
+    np.testing.assert_array_equal(counts, [5, 7])
+
+
+def test_points_must_lead_the_residuals():
+    params = mlp_params(jax.random.PRNGKey(0))
+    losses = {k: jnp.mean(r**2) for k, r in mlp_residual_fn(params).items()}
+    method = oil.ntk_weights()
+    state = method.init(losses)
+    # A residual that is a mean over the points: not one entry per point.
+    pooled = lambda p, x: dict(
+        mlp_point_residual_fn(p, x), bc=jnp.mean(mlp_point_residual_fn(p, x)["bc"])
+    )
+    with pytest.raises(ValueError, match=r"\['bc'\].*first axis"):
+        method.update(
+            losses, state, params=params, residual_fn=pooled, points=MLP_POINTS
+        )
+    with pytest.raises(ValueError, match="points"):
+        method.update(
+            losses,
+            state,
+            params=params,
+            residual_fn=mlp_point_residual_fn,
+            points={"pde": XY_R},
+        )
+
+
 def test_traces_on_a_subset_of_parameters():
     params = mlp_params(jax.random.PRNGKey(0))
     losses = {k: jnp.mean(r**2) for k, r in mlp_residual_fn(params).items()}

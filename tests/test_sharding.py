@@ -51,10 +51,25 @@ def local_residuals(params, x, mask):
     }
 
 
-def _inputs(case, loss_fn, residual_fn):
+def point_residuals(params, points):
+    """``local_residuals`` from the points: pde rows (x, mask), one dummy bc point."""
+    w, b = params["w"], params["b"]
+    x, mask = points["pde"][:, 0], points["pde"][:, 1]
+    pred = w[0] * x + w[1] * x**2 + b
+    return {
+        "pde": mask * (pred - jnp.sin(3 * x)),
+        "bc": jnp.zeros_like(points["bc"]) + (w[0] + w[1] + b - 1.0),
+    }
+
+
+def _inputs(case, loss_fn, residual_fn, x, mask):
     inputs = case.inputs(None, loss_fn)
     inputs.pop("params", None)
-    if "residual_fn" in inputs:
+    if "points" in inputs:
+        inputs["residual_fn"] = point_residuals
+        # The bc point is the same on every device: taken once, not gathered.
+        inputs["points"] = {"pde": jnp.stack([x, mask], axis=1), "bc": jnp.zeros(1)}
+    elif "residual_fn" in inputs:
         inputs["residual_fn"] = residual_fn
     return inputs
 
@@ -76,7 +91,7 @@ def _train_one_device(case, x, mask):
             loss_fn(params),
             state,
             params=params,
-            **_inputs(case, loss_fn, residual_fn),
+            **_inputs(case, loss_fn, residual_fn, x, mask),
         )
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, state
@@ -110,7 +125,7 @@ def _train_shard_map(case, x, mask, counts):
             loss_fn(params),
             state,
             params=params,
-            **_inputs(case, loss_fn, residual_fn),
+            **_inputs(case, loss_fn, residual_fn, x, mask),
             **extra,
         )
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -142,10 +157,15 @@ def _train_shard_map(case, x, mask, counts):
 
 
 def _one_case_per_method(cases):
-    """The first registry case of each method (variants share the reduction)."""
+    """The first registry case of each method and set of inputs.
+
+    Variants of a method share the reduction; a different set of keyword inputs
+    (NTK weights with and without ``points``) is reduced differently.
+    """
     seen, chosen = set(), []
     for case in cases:
-        method = case.make().update.__qualname__.split(".")[0]
+        inputs = tuple(sorted(case.inputs(None, None)))
+        method = (case.make().update.__qualname__.split(".")[0], inputs)
         if method not in seen:
             seen.add(method)
             chosen.append(case)
@@ -199,7 +219,10 @@ def test_jit_with_named_sharding_needs_no_wrapper(case):
         loss_fn = lambda p: local_losses(p, x, mask)
         residual_fn = lambda p: local_residuals(p, x, mask)
         return method.update(
-            loss_fn(params), state, params=params, **_inputs(case, loss_fn, residual_fn)
+            loss_fn(params),
+            state,
+            params=params,
+            **_inputs(case, loss_fn, residual_fn, x, mask),
         )
 
     w_sharded, _ = update(params, state, x_sharded, mask_sharded)
