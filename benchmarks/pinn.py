@@ -131,6 +131,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--list", action="store_true", help="list problems and methods")
     p.add_argument(
+        "--add",
+        action="store_true",
+        help="add the runs to those in --out's runs.json (same problem, preset "
+        "and steps; a method and seed run again replaces its old run) and "
+        "rewrite the table and plots from all of them",
+    )
+    p.add_argument(
         "--render",
         metavar="DIR",
         default=None,
@@ -231,6 +238,46 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
     return records, chosen
 
 
+def _previous_runs(out: pathlib.Path, problems, args) -> dict:
+    """``out``'s runs.json, checked to be comparable with this invocation."""
+    path = out / "runs.json"
+    if not path.exists():
+        raise ValueError(f"--add: there is no {path} to add to")
+    previous = json.loads(path.read_text())
+    if previous["preset"] != args.preset:
+        raise ValueError(
+            f"--add: {path} holds preset {previous['preset']!r}, not {args.preset!r}"
+        )
+    for problem in problems:
+        settings = _settings(problem, args)
+        steps = settings.steps if args.steps is None else args.steps
+        old = {
+            r["adam_steps"] for r in previous["runs"] if r["problem"] == problem.name
+        }
+        if old and old != {steps}:
+            raise ValueError(
+                f"--add: {path} holds {problem.name} runs of {sorted(old)} steps; "
+                f"this run would train {steps} (give --steps)"
+            )
+    return previous
+
+
+def _merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` and ``new`` runs; a new (problem, method, seed) replaces the old."""
+    key = lambda r: (r["problem"], r["method"], r["seed"])
+    fresh = {key(r) for r in new}
+    return [r for r in old if key(r) not in fresh] + list(new)
+
+
+def _beats(chosen: dict, previous: dict, problem: str) -> bool:
+    """Whether this run's best method has a lower median than every earlier one."""
+    errors: dict[str, list[float]] = {}
+    for r in previous["runs"]:
+        if r["problem"] == problem and r["method"] != chosen["method"]:
+            errors.setdefault(r["method"], []).append(r["final_rel_l2"])
+    return all(chosen["error"] <= np.median(e) for e in errors.values())
+
+
 def _history_plots(out, runs, problem: str, methods) -> dict:
     paths = {}
     for kind, plot in (("error", plots.error_plot), ("weights", plots.weights_plot)):
@@ -285,17 +332,33 @@ def main(argv: list[str] | None = None) -> dict:
         parser().error(str(error))
     name = args.problem if len(problems) == 1 else "all"
     out = pathlib.Path(args.out or f"benchmarks/out/{name}-{args.preset}")
+    previous = None
+    if args.add:
+        try:
+            previous = _previous_runs(out, problems, args)
+        except ValueError as error:
+            parser().error(str(error))
     out.mkdir(parents=True, exist_ok=True)
     log = lambda message: tqdm.write(message, file=sys.stderr)
     command = shlex.join(["python", "-m", "benchmarks.pinn", *argv])
     start = time.perf_counter()
     records, paths = [], {}
     methods = [s.text for s in method_specs]
+    if previous is not None:
+        methods = list(dict.fromkeys([*previous["methods"], *methods]))
     for problem in problems:
         mine, chosen = run_problem(problem, method_specs, args, log)
         records += mine
+        if previous is not None:
+            mine = [
+                r
+                for r in _merged(previous["runs"], mine)
+                if r["problem"] == problem.name
+            ]
         if not args.no_plots:
             paths |= _history_plots(out, mine, problem.name, methods)
+            if previous is not None and not _beats(chosen, previous, problem.name):
+                continue  # the solution plot of a better earlier method stays
             path = out / f"{problem.name}_solution.png"
             label = (
                 f"best method {chosen['method']}, seed {chosen['seed']}, "
@@ -312,11 +375,16 @@ def main(argv: list[str] | None = None) -> dict:
         wall_seconds=wall,
         preset=args.preset,
         seeds=args.seeds,
-        methods=[s.text for s in method_specs],
+        methods=methods,
         jax=jax.__version__,
         device=str(jax.devices()[0].device_kind),
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
     )
+    if previous is not None:
+        records = _merged(previous["runs"], records)
+        meta["command"] = f"{previous['command']}; then {command}"
+        meta["wall_seconds"] += previous["wall_seconds"]
+        meta["seeds"] = max(meta["seeds"], previous["seeds"])
     text = report.document(records, meta)
     paths = dict(
         json=out / "runs.json", csv=out / "runs.csv", table=out / "table.md", **paths

@@ -93,6 +93,26 @@ def test_runner_end_to_end_writes_every_output(tmp_path, capsys):
     assert (out / "table.md").read_text() == table
     assert (out / "poisson_error.png").read_bytes()[:4] == b"\x89PNG"
 
+    # --add: one more method, and equal run again, join the earlier runs.
+    common = ["--problem", "poisson", "--preset", "adam", "--seeds", "1"]
+    common += ["--eval-every", "10", "--hidden", "8", "--batch", "16"]
+    common += ["--out", str(out), "--no-progress", "--no-plots", "--add"]
+    pinn.main([*common, "--steps", "20", "--methods", "equal,inverse_loss"])
+    added = json.loads((out / "runs.json").read_text())
+    assert [r["method"] for r in added["runs"]] == [
+        "inverse_loss(min_weight=0.0)",  # kept
+        "equal",  # replaced by its new run
+        "inverse_loss",
+    ]
+    assert added["runs"][0] == bare
+    assert added["methods"] == ["equal", "inverse_loss(min_weight=0.0)", "inverse_loss"]
+    assert added["command"].startswith(data["command"] + "; then ")
+    assert "| `inverse_loss` |" in (out / "table.md").read_text()
+    # Runs of another length cannot be added to the same table.
+    with pytest.raises(SystemExit):
+        pinn.main([*common, "--steps", "30", "--methods", "equal"])
+    assert "holds poisson runs of [20] steps" in capsys.readouterr().err
+
 
 def test_bad_method_is_a_usage_error_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit):
