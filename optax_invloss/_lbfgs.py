@@ -530,9 +530,11 @@ def run_lbfgs(
 
     Args:
       loss_fn: ``loss_fn(params) -> losses``, a pytree of scalar loss terms on a
-        fixed batch (L-BFGS needs a deterministic objective). It is a static
-        argument of the compiled loop: pass the same function object again to
-        reuse the compiled program (for the next phase, or the next seed).
+        fixed batch (L-BFGS needs a deterministic objective). The objective is
+        taken in the parameters' (lowest) dtype, as the line search needs. It is
+        a static argument of the compiled loop: pass the same function object
+        again to reuse the compiled program (for the next phase, or the next
+        seed).
       params: the starting parameters, any pytree of float arrays (for Flax
         NNX, the ``nnx.State`` of ``nnx.split(model, nnx.Param, ...)``).
       weighting_state: the weighting state to start from: a method's state, an
@@ -650,10 +652,16 @@ def _run(
     cached = _count(opt_state, "value") == 1 and _count(opt_state, "grad") == 1
     checked = _count(opt_state, "decrease_error") == 1
 
+    # The line search keeps its values in the parameters' dtype: float64 losses
+    # (points sampled with x64 on) of float32 parameters are cast to it.
+    dtype = optax.tree.dtype(params, "lowest")
+
     def objective(wstate):
         if policy == "log":
-            return log_objective(loss_fn, eps=eps)
-        return weighted_objective(loss_fn, wstate.loss_weights)
+            fn = log_objective(loss_fn, eps=eps)
+        else:
+            fn = weighted_objective(loss_fn, wstate.loss_weights)
+        return lambda p: jnp.asarray(fn(p)).astype(dtype)
 
     def refresh(params, opt_state, wstate):
         losses = loss_fn(params)

@@ -354,6 +354,29 @@ def test_log_policy_minimises_the_log_objective():
         assert float(loss_fn(new_params)[name]) < float(before), name
 
 
+@pytest.mark.parametrize("policy", ["frozen", "log"])
+def test_float32_params_with_float64_losses(policy):
+    # With x64 on (as in this suite), points made by NumPy or jnp.linspace are
+    # float64 and make float64 losses of float32 parameters: the line search
+    # would mix the two dtypes.
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), net_params())
+    x64 = jnp.linspace(-1.0, 1.0, 24, dtype=jnp.float64)
+
+    def losses_f64(p):
+        pred = net(p, x64)
+        return {"fit": jnp.mean((pred - jnp.sin(3 * x64)) ** 2), "bc": pred[0] ** 2}
+
+    assert losses_f64(params)["fit"].dtype == jnp.float64
+    state = oil.inverse_loss().init(losses_f64(params))
+    new_params, _, info = oil.run_lbfgs(
+        losses_f64, params, state, iterations=5, policy=policy
+    )
+    assert info.objective.dtype == jnp.float32
+    for leaf in jax.tree.leaves(new_params):
+        assert leaf.dtype == jnp.float32
+    assert float(info.objective_after[-1]) < float(info.objective[0])
+
+
 def test_run_lbfgs_inside_jit_and_with_float32():
     params = jax.tree.map(lambda x: x.astype(jnp.float32), net_params())
     method = oil.inverse_loss()
