@@ -249,6 +249,25 @@ def safe_ratio(numerator, denominator, fallback):
     return jnp.where(positive, numerator / safe, fallback)
 
 
+def update_when_due(
+    losses: Any, state: Any, ok: jax.Array, update_every: int, compute: Callable
+) -> tuple[Any, Any]:
+    """The end of a gradient-based method's ``update``: weights and new state.
+
+    On a due step (``weighting_step`` a multiple of ``update_every``) the new
+    weight vector comes from ``compute() -> (new, finite)`` inside a ``lax.cond``
+    branch, so the per-term gradients run on due steps only; other steps hold
+    the weights. Losses that are not ``ok`` or a result that is not ``finite``
+    skip the update (:func:`_base.finish`).
+    """
+    old = _base.stack(state.loss_weights)
+    due = _base.is_due(state.weighting_step, update_every)
+    new, finite = jax.lax.cond(due, compute, lambda: (old, jnp.asarray(True)))
+    new_state = state._replace(loss_weights=_base.unstack(new, state.loss_weights))
+    state = _base.finish(ok & finite, new_state, state)
+    return _base.unstack(_base.stack(state.loss_weights), losses), state
+
+
 def sum_of_squares(leaves: list[jax.Array]) -> jax.Array:
     """``sum_k ||g_k||^2`` over a list of arrays."""
     return sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)

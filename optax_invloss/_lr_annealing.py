@@ -205,13 +205,6 @@ def lr_annealing(
             new = new.at[ref].set(1.0)
             return new, _gradients.all_finite(numerator, denominator, new)
 
-        def hold():
-            return old, jnp.asarray(True)
-
-        due = _base.is_due(state.weighting_step, update_every)
-        new, finite = jax.lax.cond(due, compute, hold)
-        new_state = state._replace(loss_weights=_base.unstack(new, state.loss_weights))
-        state = _base.finish(ok & finite, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
+        return _gradients.update_when_due(losses, state, ok, update_every, compute)
 
     return _base.WeightingMethod(init, update)

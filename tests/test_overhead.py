@@ -266,6 +266,17 @@ def _r(method, kind, every, ratio):
             "base_ms": 1.0, "method_ms": ratio, "mode": "measured"}  # fmt: skip
 
 
+def test_ratio_is_the_median_of_the_paired_ratios():
+    # Pair ratios 1.5, 2.0, 1.1: median 1.5. The ratio of the medians, 4 / 2 = 2,
+    # is what a slowdown during the second pair's method half would report.
+    base, other = [1.0, 2.0, 4.0], [1.5, 4.0, 4.4]
+    times = {"base": base, "other": other, "base_cpu": base, "other_cpu": other}
+    summary = overhead.summarise(times)
+    np.testing.assert_allclose(summary["ratio"], 1.5)
+    np.testing.assert_allclose(summary["ratio_of_medians"], 2.0)
+    np.testing.assert_allclose(summary["pair_ratios"], [1.5, 2.0, 1.1])
+
+
 def test_targets_and_amortised_rows():
     rows = [
         _r(overhead.JACREV, "reference", None, 2.0),
