@@ -287,14 +287,15 @@ def _history_plots(out, runs, problem: str, methods) -> dict:
 
 
 def render(folder: pathlib.Path) -> dict:
-    """Rewrites the table and the history plots of a folder from its runs.json.
+    """Rewrites the table, the CSV and the history plots of a folder from runs.json.
 
     The solution plots need the trained parameters, which the JSON does not
     hold; they are left as they are.
     """
     data = json.loads((folder / "runs.json").read_text())
     runs = data.pop("runs")
-    paths = dict(table=folder / "table.md")
+    paths = dict(table=folder / "table.md", csv=folder / "runs.csv")
+    report.write_csv(paths["csv"], runs)
     for problem in dict.fromkeys(r["problem"] for r in runs):
         mine = [r for r in runs if r["problem"] == problem]
         paths |= _history_plots(folder, mine, problem, data["methods"])

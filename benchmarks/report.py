@@ -86,7 +86,8 @@ def write_csv(path: pathlib.Path, runs: Sequence[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for run in runs:
-            row = {k: run[k] for k in CSV_FIELDS}
+            # Runs saved by an older runner may lack newer fields: left empty.
+            row = {k: run.get(k, "") for k in CSV_FIELDS}
             row["final_weights"] = ";".join(
                 f"{k}={v:.6g}" for k, v in run["final_weights"].items()
             )

@@ -93,6 +93,16 @@ def test_runner_end_to_end_writes_every_output(tmp_path, capsys):
     assert (out / "table.md").read_text() == table
     assert (out / "poisson_error.png").read_bytes()[:4] == b"\x89PNG"
 
+    # Runs saved by an older runner, without a newer field, still render.
+    old = json.loads((out / "runs.json").read_text())
+    del old["runs"][0]["cpu_seconds_per_step"]
+    (out / "runs.json").write_text(json.dumps(old))
+    pinn.main(["--render", str(out)])
+    assert (
+        list(csv.DictReader((out / "runs.csv").open()))[0]["cpu_seconds_per_step"] == ""
+    )
+    (out / "runs.json").write_text(json.dumps(data))
+
     # --add: one more method, and equal run again, join the earlier runs.
     common = ["--problem", "poisson", "--preset", "adam", "--seeds", "1"]
     common += ["--eval-every", "10", "--hidden", "8", "--batch", "16"]
