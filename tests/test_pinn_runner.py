@@ -379,3 +379,19 @@ def test_seconds_per_step_leaves_out_the_first_chunk():
     assert result.seconds_per_step == pytest.approx(0.05)
     one = dataclasses.replace(result, adam_steps=10, chunk_seconds=(2.0,))
     assert one.seconds_per_step == pytest.approx(0.2)  # 2.0 s / 10 steps
+
+
+def test_summary_matrix_by_hand(tmp_path):
+    from benchmarks import summary
+
+    runs = [
+        dict(problem="p", method=m, seed=s, adam_steps=10, final_rel_l2=e)
+        for m, errors in {"equal": [0.4, 0.2, 0.3], "a": [0.1, 0.2, 0.9]}.items()
+        for s, e in enumerate(errors)
+    ] + [dict(problem="q", method="equal", seed=0, adam_steps=5, final_rel_l2=1.0)]
+    (tmp_path / "runs.json").write_text(json.dumps({"runs": runs}))
+    text = summary.matrix(summary.load([tmp_path]))
+    # Medians: equal 0.3, a 0.2 (0.67 x equal, the best on p); q has equal only.
+    assert "| method | p (10 steps) | q (5 steps) |" in text
+    assert "| `equal` | 0.3 | **1** |" in text
+    assert "| `a` | **0.2 (0.67x)** | - |" in text

@@ -1,0 +1,95 @@
+"""Which method wins where: one table of every method on every problem.
+
+Reads the ``runs.json`` of several runner folders (``python -m benchmarks.pinn``)
+and writes a markdown matrix: one row per method, one column per problem, each
+cell the median final relative L2 error over the seeds and its ratio to equal
+weights on the same problem (below 1: better than equal weights); the best
+median of each column in bold.
+
+Run::
+
+  R=benchmarks/results/pinn
+  python -m benchmarks.summary $R/helmholtz $R/helmholtz5 $R/poisson $R/wave \\
+      $R/burgers --out $R/summary.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shlex
+import sys
+
+import numpy as np
+
+EQUAL = "equal"
+
+
+def load(folders: list[pathlib.Path]) -> dict:
+    """``{problem: {method: [final rel. L2 per seed]}}`` and the step counts."""
+    errors: dict[str, dict[str, list[float]]] = {}
+    steps: dict[str, set] = {}
+    for folder in folders:
+        data = json.loads((folder / "runs.json").read_text())
+        for run in data["runs"]:
+            problem = run["problem"]
+            errors.setdefault(problem, {}).setdefault(run["method"], []).append(
+                run["final_rel_l2"]
+            )
+            steps.setdefault(problem, set()).add(run["adam_steps"])
+    return {"errors": errors, "steps": steps}
+
+
+def matrix(data: dict) -> str:
+    """The markdown table (see the module docstring)."""
+    errors, steps = data["errors"], data["steps"]
+    problems = list(errors)
+    methods = list(dict.fromkeys(m for p in problems for m in errors[p]))
+    medians = {
+        p: {m: float(np.median(v)) for m, v in errors[p].items()} for p in problems
+    }
+    header = [
+        f"{p} ({', '.join(str(s) for s in sorted(steps[p]))} steps)" for p in problems
+    ]
+    lines = [
+        "| method | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(problems),
+    ]
+    for method in methods:
+        cells = []
+        for p in problems:
+            if method not in medians[p]:
+                cells.append("-")
+                continue
+            value = medians[p][method]
+            text = f"{value:.3g}"
+            if EQUAL in medians[p] and method != EQUAL:
+                text += f" ({value / medians[p][EQUAL]:.2f}x)"
+            if value == min(medians[p].values()):
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.summary")
+    parser.add_argument("folders", nargs="+", type=pathlib.Path)
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    args = parser.parse_args(argv)
+    text = (
+        f"Command: `{shlex.join(['python', '-m', 'benchmarks.summary', *argv])}`\n\n"
+        "Median final relative L2 error over the seeds, and its ratio to equal "
+        "weights on the same problem (below 1: better); the best of each column in "
+        "bold.\n\n" + matrix(load(args.folders))
+    )
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
