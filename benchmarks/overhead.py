@@ -1199,6 +1199,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss_value = [n for n in loss_value if n in args.methods]
         gradient = [n for n in gradient if n in args.methods]
     start = time.perf_counter()
+    code = versions()  # the code that runs, not what is there at the end
     log = lambda text: print(text, flush=True)
     log(f"loss-value: {loss_value}; gradient-based: {gradient}; missing: {missing}")
     info = machine()
@@ -1227,7 +1228,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "seconds": time.perf_counter() - start,
         "machine": info,
-        "versions": versions(),
+        "versions": code,
         "sizes": {n: dataclasses.asdict(s) for n, s in sizes.items()},
         "methods": {"loss_value": loss_value, "gradient": gradient, "missing": missing},
         "rows": rows,
