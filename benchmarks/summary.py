@@ -4,7 +4,8 @@ Reads the ``runs.json`` of several runner folders (``python -m benchmarks.pinn``
 and writes a markdown matrix: one row per method, one column per problem, each
 cell the median final relative L2 error over the seeds and its ratio to equal
 weights on the same problem (below 1: better than equal weights); the best
-median of each column in bold.
+median of each column in bold. A run that ended in NaN counts as the worst; the
+cell says how many did, and "diverged" when the median is one of them.
 
 Run::
 
@@ -41,14 +42,18 @@ def load(folders: list[pathlib.Path]) -> dict:
     return {"errors": errors, "steps": steps}
 
 
+def _median(errors: list[float]) -> float:
+    """The median, a run that ended in NaN or infinity counted as the worst."""
+    values = np.asarray(errors, dtype=float)
+    return float(np.median(np.where(np.isfinite(values), values, np.inf)))
+
+
 def matrix(data: dict) -> str:
     """The markdown table (see the module docstring)."""
     errors, steps = data["errors"], data["steps"]
     problems = list(errors)
     methods = list(dict.fromkeys(m for p in problems for m in errors[p]))
-    medians = {
-        p: {m: float(np.median(v)) for m, v in errors[p].items()} for p in problems
-    }
+    medians = {p: {m: _median(v) for m, v in errors[p].items()} for p in problems}
     header = [
         f"{p} ({', '.join(str(s) for s in sorted(steps[p]))} steps)" for p in problems
     ]
@@ -63,11 +68,15 @@ def matrix(data: dict) -> str:
                 cells.append("-")
                 continue
             value = medians[p][method]
-            text = f"{value:.3g}"
-            if EQUAL in medians[p] and method != EQUAL:
+            text = f"{value:.3g}" if np.isfinite(value) else "diverged"
+            if EQUAL in medians[p] and method != EQUAL and np.isfinite(value):
                 text += f" ({value / medians[p][EQUAL]:.2f}x)"
             if value == min(medians[p].values()):
                 text = f"**{text}**"
+            runs = errors[p][method]
+            failed = sum(not np.isfinite(e) for e in runs)
+            if failed:
+                text += f" ({failed} of {len(runs)} seeds NaN)"
             cells.append(text)
         lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -388,10 +388,17 @@ def test_summary_matrix_by_hand(tmp_path):
         dict(problem="p", method=m, seed=s, adam_steps=10, final_rel_l2=e)
         for m, errors in {"equal": [0.4, 0.2, 0.3], "a": [0.1, 0.2, 0.9]}.items()
         for s, e in enumerate(errors)
-    ] + [dict(problem="q", method="equal", seed=0, adam_steps=5, final_rel_l2=1.0)]
+    ] + [
+        dict(problem="q", method="equal", seed=0, adam_steps=5, final_rel_l2=1.0),
+        dict(problem="q", method="b", seed=0, adam_steps=5, final_rel_l2=0.5),
+        dict(problem="q", method="b", seed=1, adam_steps=5, final_rel_l2=float("nan")),
+        dict(problem="q", method="b", seed=2, adam_steps=5, final_rel_l2=float("nan")),
+    ]
     (tmp_path / "runs.json").write_text(json.dumps({"runs": runs}))
     text = summary.matrix(summary.load([tmp_path]))
     # Medians: equal 0.3, a 0.2 (0.67 x equal, the best on p); q has equal only.
     assert "| method | p (10 steps) | q (5 steps) |" in text
     assert "| `equal` | 0.3 | **1** |" in text
     assert "| `a` | **0.2 (0.67x)** | - |" in text
+    # Two of three seeds of b ended in NaN: the median is a diverged run.
+    assert "| `b` | - | diverged (2 of 3 seeds NaN) |" in text
