@@ -123,7 +123,7 @@ CASES = [
             schedules={"bc": optax.linear_schedule(0.01, 1.0, transition_steps=100)},
         ),
     ),
-    MethodCase("softadapt_beta10", lambda: oil.softadapt(beta=10.0)),
+    MethodCase("softadapt_beta10", lambda: oil.softadapt(beta=10.0, variant="plain")),
     MethodCase(
         "softadapt_normalized_window3_every2",
         lambda: oil.softadapt(beta=2.0, window=3, variant="normalized", update_every=2),

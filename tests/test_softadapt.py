@@ -48,7 +48,7 @@ def test_backward_stencils_match_the_tables(window, expected):
 
 
 def test_plain_variant_by_hand():
-    weights, state = _run(oil.softadapt(beta=1.0), STEPS)
+    weights, state = _run(oil.softadapt(beta=1.0, variant="plain"), STEPS)
     # Step 0: the window (2 values) is not full yet: equal weights 1/3.
     np.testing.assert_allclose(weights[0], [1 / 3] * 3, rtol=1e-12)
     # Step 1: slopes L(1) - L(0) = (0.5, -1, 0);
@@ -70,7 +70,7 @@ def test_window_of_three_uses_the_second_order_stencil():
         {"a": 2.0, "b": 2.0, "c": 3.0},
         {"a": 4.0, "b": 1.0, "c": 3.0},
     ]
-    weights, _ = _run(oil.softadapt(beta=1.0, window=3), steps)
+    weights, _ = _run(oil.softadapt(beta=1.0, window=3, variant="plain"), steps)
     # Steps 0 and 1: window not full, 1/3 each.
     np.testing.assert_allclose(weights[:2], [[1 / 3] * 3] * 2, rtol=1e-12)
     # Step 2: slope = L(t-2)/2 - 2 L(t-1) + 3 L(t)/2:
@@ -89,6 +89,21 @@ def test_normalized_variant_by_hand():
     np.testing.assert_allclose(
         weights[1], [0.4797518911, 0.1764908576, 0.3437572513], rtol=1e-9
     )
+
+
+def test_default_is_normalized_and_does_not_saturate_on_large_losses():
+    # PINN-sized losses: a rises 1000 -> 1100, b falls 1000 -> 900, c flat.
+    steps = [
+        {"a": 1000.0, "b": 1000.0, "c": 1000.0},
+        {"a": 1100.0, "b": 900.0, "c": 1000.0},
+    ]
+    default, _ = _run(oil.softadapt(), steps)
+    # Normalised slopes (0.5, -0.5, 0), beta 0.1: e^0.05, e^-0.05, 1, normalised.
+    e = np.exp([0.05, -0.05, 0.0])
+    np.testing.assert_allclose(default[1], e / e.sum(), rtol=1e-9)
+    plain, _ = _run(oil.softadapt(variant="plain"), steps)
+    # Plain slopes (100, -100, 0), beta 0.1: e^10 : e^-10 : 1, saturated on a.
+    assert plain[1][0] > 0.9999
 
 
 def test_normalized_variant_keeps_the_sign_when_all_losses_fall():
@@ -124,7 +139,7 @@ def test_loss_weighted_variant_with_zero_losses_gives_equal_weights():
 
 def test_update_every_holds_the_weights_in_between():
     steps = STEPS + [{"a": 1.5, "b": 0.5, "c": 1.0}]
-    weights, _ = _run(oil.softadapt(beta=1.0, update_every=2), steps)
+    weights, _ = _run(oil.softadapt(beta=1.0, update_every=2, variant="plain"), steps)
     # The window is full at step 1, so the weights are recomputed on steps 1 and 3.
     np.testing.assert_allclose(weights[0], [1 / 3] * 3, rtol=1e-12)
     np.testing.assert_allclose(
