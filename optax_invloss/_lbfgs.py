@@ -583,34 +583,24 @@ def run_lbfgs(
     """
     _check_policy(policy, method, refresh_every, weighting_state, iterations)
     inputs = _check_method_inputs(method_inputs, policy)
-    if policy == "log":
+    log = policy == "log"
+    if log:
         log_objective(loss_fn, eps=eps)  # validates eps
-        params, _, info = _run(
-            params,
-            None,
-            loss_fn=loss_fn,
-            iterations=iterations,
-            policy=policy,
-            method=None,
-            refresh_every=None,
-            eps=eps,
-            optimizer=optimizer,
-            method_inputs=(),
-        )
-        return params, weighting_state, info
-    wstate = _base.find_weighting_state(weighting_state)
-    return _run(
+    wstate = None if log else _base.find_weighting_state(weighting_state)
+    params, wstate, info = _run(
         params,
         wstate,
         loss_fn=loss_fn,
         iterations=iterations,
         policy=policy,
-        method=method,
-        refresh_every=refresh_every,
+        method=None if log else method,
+        refresh_every=None if log else refresh_every,
         eps=eps,
         optimizer=optimizer,
         method_inputs=inputs,
     )
+    # The log objective uses no weights: the state comes back as given.
+    return params, weighting_state if log else wstate, info
 
 
 @functools.partial(
