@@ -71,6 +71,7 @@ from flax import nnx
 import optax_invloss as oil
 from benchmarks._hlo import dot_stats
 from benchmarks.problems import MLP, get_problem
+from benchmarks.train import weighted_step
 
 LOSS_VALUE_METHODS = (
     "inverse_loss",
@@ -196,29 +197,7 @@ def method_step(task: Task, method: oil.WeightingMethod) -> tuple[Callable, Any]
     """The training step of ``benchmarks/train.py`` with ``method``."""
     example = jax.eval_shape(task.loss_fn, task.params, task.sample(jax.random.key(0)))
     tx = oil.with_weighting(task.optimizer, method, losses=example)
-
-    def step(carry, key):
-        params, opt_state = carry
-        batch = task.sample(key)
-        weights = oil.loss_weights(opt_state)
-
-        def total(params):
-            losses = task.loss_fn(params, batch)
-            return oil.weighted_sum(losses, weights), losses
-
-        (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        updates, opt_state = tx.update(
-            grads,
-            opt_state,
-            params,
-            losses=losses,
-            loss_fn=lambda p: task.loss_fn(p, batch),
-            residual_fn=task.residual_fn,
-            points=batch,
-        )
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), (losses, weights)
-
+    step = weighted_step(tx, task.loss_fn, task.residual_fn, task.sample)
     return step, (task.params, tx.init(task.params))
 
 

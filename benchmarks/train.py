@@ -213,27 +213,9 @@ class Trainer:
             losses=example,
         )
 
-        def step(carry, key):
-            params, opt_state = carry
-            batch = problem.sample(key, settings.batch)
-            weights = oil.loss_weights(opt_state)
-
-            def total(params):
-                losses = loss_fn(params, batch)
-                return oil.weighted_sum(losses, weights), losses
-
-            (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-            updates, opt_state = tx.update(
-                grads,
-                opt_state,
-                params,
-                losses=losses,
-                loss_fn=lambda p: loss_fn(p, batch),
-                residual_fn=residual_fn,
-                points=batch,
-            )
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), (losses, weights)
+        step = weighted_step(
+            tx, loss_fn, residual_fn, lambda key: problem.sample(key, settings.batch)
+        )
 
         def run_chunk(params, opt_state, keys):
             return jax.lax.scan(step, (params, opt_state), keys)
@@ -342,6 +324,46 @@ class Trainer:
             lbfgs_weights=lbfgs_weights,
             lbfgs_linesearch_failures=failures,
         )
+
+
+def weighted_step(
+    tx: optax.GradientTransformationExtraArgs,
+    loss_fn: Callable,
+    residual_fn: Callable,
+    sample: Callable,
+) -> Callable:
+    """The training step every benchmark times: ``(carry, key) -> (carry, out)``.
+
+    ``carry = (params, opt_state)`` with ``tx`` from ``with_weighting``; the batch
+    is ``sample(key)``. One forward and one backward pass of the weighted sum with
+    the weights in the state; the same forward pass's losses update them, and
+    ``loss_fn(params, batch)``, ``residual_fn(params, points)`` and the points go
+    to ``tx.update`` for the gradient-based methods. ``out = (losses, weights)``.
+    """
+
+    def step(carry, key):
+        params, opt_state = carry
+        batch = sample(key)
+        weights = oil.loss_weights(opt_state)
+
+        def total(params):
+            losses = loss_fn(params, batch)
+            return oil.weighted_sum(losses, weights), losses
+
+        (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
+        updates, opt_state = tx.update(
+            grads,
+            opt_state,
+            params,
+            losses=losses,
+            loss_fn=lambda p: loss_fn(p, batch),
+            residual_fn=residual_fn,
+            points=batch,
+        )
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), (losses, weights)
+
+    return step
 
 
 def train(
