@@ -12,10 +12,10 @@ from optax_invloss._base import (
     weighted_sum,
 )
 from optax_invloss._dwa import DWAState, dwa
-from optax_invloss._grad_norm import GradNormBalanceState, grad_norm_balance
+from optax_invloss._grad_norm_balance import GradNormBalanceState, grad_norm_balance
 from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
 from optax_invloss._gradnorm import GradNormState, gradnorm
-from optax_invloss._inverse import InverseLossState, inverse_loss
+from optax_invloss._inverse_loss import InverseLossState, inverse_loss
 from optax_invloss._lbfgs import (
     LBFGSInfo,
     log_objective,
@@ -25,13 +25,13 @@ from optax_invloss._lbfgs import (
     weighted_objective,
 )
 from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
-from optax_invloss._ntk import NTKWeightsState, ntk_weights
+from optax_invloss._ntk_weights import NTKWeightsState, ntk_weights
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._sharding import global_mean, sharded
 from optax_invloss._softadapt import SoftAdaptState, softadapt
-from optax_invloss._static import StaticWeightsState, static_weights
-from optax_invloss._uncertainty import (
+from optax_invloss._static_weights import StaticWeightsState, static_weights
+from optax_invloss._uncertainty_weighting import (
     UncertaintyWeightingState,
     uncertainty_weighting,
 )

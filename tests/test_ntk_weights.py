@@ -1,4 +1,4 @@
-"""Tests for neural tangent kernel trace weights (optax_invloss/_ntk.py).
+"""Tests for neural tangent kernel trace weights (optax_invloss/_ntk_weights.py).
 
 By hand: a model with parameters w = (w0, w1) and residuals
 
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import optax_invloss as oil
-from optax_invloss import _ntk
+from optax_invloss import _ntk_weights
 
 XB = jnp.ones(2)
 XR = jnp.ones(3)
@@ -168,7 +168,7 @@ def test_traces_equal_a_dense_jacobian(chunk_size):
     losses = {k: jnp.mean(r**2) for k, r in mlp_residual_fn(params).items()}
     n_leaves = len(jax.tree.leaves(params))
     traces, counts = jax.jit(
-        lambda p: _ntk.kernel_traces(
+        lambda p: _ntk_weights.kernel_traces(
             mlp_residual_fn,
             p,
             [True] * n_leaves,
@@ -204,7 +204,7 @@ def test_traces_from_points_equal_a_dense_jacobian(chunk_size, matrices_only):
     losses = {k: jnp.mean(r**2) for k, r in mlp_residual_fn(params).items()}
     flags = [jnp.ndim(p) >= 2 or not matrices_only for p in jax.tree.leaves(params)]
     traces, counts = jax.jit(
-        lambda p, x: _ntk.kernel_traces(
+        lambda p, x: _ntk_weights.kernel_traces(
             mlp_point_residual_fn,
             p,
             flags,
@@ -247,7 +247,7 @@ def test_traces_on_a_subset_of_parameters():
     losses = {k: jnp.mean(r**2) for k, r in mlp_residual_fn(params).items()}
     flags = [jnp.ndim(p) >= 2 for p in jax.tree.leaves(params)]
     traces, _ = jax.jit(
-        lambda p: _ntk.kernel_traces(
+        lambda p: _ntk_weights.kernel_traces(
             mlp_residual_fn, p, flags, losses, jnp.float64, chunk_size=4
         )
     )(params)

@@ -1,4 +1,4 @@
-"""Tests for grad-norm balancing (optax_invloss/_grad_norm.py).
+"""Tests for grad-norm balancing (optax_invloss/_grad_norm_balance.py).
 
 The tiny model: one parameter vector w (2,), with
 
