@@ -62,9 +62,35 @@ class WeightingMethod(NamedTuple):
 # Validation and stacking.
 
 
-def _term_name(path) -> str:
-    name = jax.tree_util.keystr(path)
+def term_name(path, *, short: bool = False) -> str:
+    """The name of the loss term at ``path`` (from ``tree_flatten_with_path``).
+
+    The one way terms are named, in error messages and arguments alike: the path
+    as ``jax.tree_util.keystr`` writes it (``"['bc']['left']"``), or with
+    ``short=True`` the keys along it joined by ``/`` (``"bc/left"``). The root of
+    a pytree that is a single loss is ``"<root>"``.
+    """
+    separator = "/" if short else ""
+    name = jax.tree_util.keystr(tuple(path), simple=short, separator=separator)
     return name if name else "<root>"
+
+
+def term_names(tree: Any, *, short: bool = False) -> list[str]:
+    """Each leaf's :func:`term_name`, in leaf order."""
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [term_name(path, short=short) for path, _ in leaves_with_path]
+
+
+def term_index(losses: Any, name: str, *, argname: str, method: str) -> int:
+    """The leaf index of the term called ``name`` (short or full); ValueError else."""
+    short = term_names(losses, short=True)
+    for i, full in enumerate(term_names(losses)):
+        if name in (short[i], full):
+            return i
+    raise ValueError(
+        f"{method}: {argname} = {name!r} is not a loss term; the terms are "
+        f"{', '.join(repr(n) for n in short)}."
+    )
 
 
 def _leaf_shape_dtype(leaf):
@@ -95,13 +121,13 @@ def check_losses(losses: Losses, *, argname: str = "losses") -> None:
         shape, dtype = _leaf_shape_dtype(leaf)
         if shape != ():
             raise ValueError(
-                f"Loss term {_term_name(path)} in {argname} has shape {shape}; each "
+                f"Loss term {term_name(path)} in {argname} has shape {shape}; each "
                 "loss term must be a scalar. Reduce it first (e.g. jnp.mean of the "
                 "squared residuals)."
             )
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(
-                f"Loss term {_term_name(path)} in {argname} has dtype {dtype}; loss "
+                f"Loss term {term_name(path)} in {argname} has dtype {dtype}; loss "
                 "terms must be floating point (float32, float64, bfloat16, ...)."
             )
 
@@ -208,16 +234,6 @@ def counter() -> jax.Array:
 def is_due(step: jax.Array, every: int) -> jax.Array:
     """True on steps 0, ``every``, 2 * ``every``, ... (traced, no host ``if``)."""
     return step % every == 0
-
-
-def term_paths(tree: Any) -> list[tuple[str, Any]]:
-    """``(name, leaf)`` for each leaf, named by its path (``"['bc']"``), in leaf order.
-
-    The names are the ones error messages use, so a term can be reported, and
-    two pytrees matched term by term, whatever their nesting.
-    """
-    leaves_with_path = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [(_term_name(path), leaf) for path, leaf in leaves_with_path]
 
 
 def safe_ratio(

@@ -1,4 +1,4 @@
-"""Grad-norm balancing (Wang, Sankaran, Wang and Perdikaris 2023)."""
+"""Grad-norm balancing (Wang, Sankaran, Wang and Perdikaris 2023): set weights."""
 
 from __future__ import annotations
 
@@ -71,6 +71,13 @@ def grad_norm_balance(
     Bad values. A NaN, infinite or negative loss, or a gradient norm that is not
     finite, skips the update (the state is kept, ``skipped_updates`` goes up by
     one). A term whose gradient is zero keeps its weight.
+
+    Not to be confused with :func:`optax_invloss.gradnorm` (GradNorm, Chen et
+    al. 2018): that method *learns* the weights with their own optimizer, so
+    that each weighted gradient norm on the last layer tracks the term's
+    training rate (:math:`L_i(t) / L_i(0)`); this one *sets* each weight in
+    closed form from the gradient norms alone, over all parameters by default,
+    and looks at no loss value.
 
     Args:
       decay: weight of the old value in the moving average of the weights, in

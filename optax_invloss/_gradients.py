@@ -208,34 +208,7 @@ def term_gradients(
 
 
 # ----------------------------------------------------------------------------------
-# Naming terms, guarded arithmetic.
-
-
-def term_names(losses: Any) -> list[str]:
-    """Each term's name: the keys along its path, joined by ``/`` (``bc/left``)."""
-    names = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(losses)[0]:
-        parts = []
-        for entry in path:
-            for name in (getattr(entry, a, None) for a in ("key", "name", "idx")):
-                if name is not None:
-                    break
-            parts.append(str(name))
-        names.append("/".join(parts))
-    return names
-
-
-def term_index(losses: Any, name: str, *, argname: str, method: str) -> int:
-    """The leaf index of the term called ``name``; ValueError listing the terms."""
-    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(losses)[0]]
-    names = term_names(losses)
-    for i, (path, short) in enumerate(zip(paths, names, strict=True)):
-        if name in (short, jax.tree_util.keystr(path)):
-            return i
-    raise ValueError(
-        f"{method}: {argname} = {name!r} is not a loss term; the terms are "
-        f"{', '.join(repr(n) for n in names)}."
-    )
+# Guarded arithmetic.
 
 
 def safe_ratio(numerator, denominator, fallback):

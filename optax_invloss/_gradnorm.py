@@ -1,4 +1,4 @@
-"""GradNorm (Chen, Badrinarayanan, Lee and Rabinovich 2018)."""
+"""GradNorm (Chen, Badrinarayanan, Lee and Rabinovich 2018): learned weights."""
 
 from __future__ import annotations
 
@@ -92,6 +92,14 @@ def gradnorm(
     that is not finite, skips the update (the state, the weights' optimizer state
     included, is kept; ``skipped_updates`` goes up by one). A zero
     :math:`L_i(0)` gives :math:`\tilde L_i = 1`.
+
+    Not to be confused with :func:`optax_invloss.grad_norm_balance` (Wang et al.
+    2023): that method sets each weight in closed form to the ratio of the sum
+    of the gradient norms to the term's own (all parameters by default), so that
+    the weighted gradient norms are equal; this one trains the weights by
+    gradient steps on :math:`L_{\mathrm{grad}}`, on the last layer by default,
+    toward norms proportional to :math:`r_i^\alpha`, so it also looks at how
+    fast each loss falls.
 
     Args:
       alpha: the asymmetry :math:`\alpha \ge 0` (1.5 in most of the paper's

@@ -166,7 +166,7 @@ def lr_annealing(
     name = "lr_annealing"
 
     def reference_index(losses) -> int:
-        return _gradients.term_index(
+        return _base.term_index(
             losses, reference, argname="reference", method=name
         )
 

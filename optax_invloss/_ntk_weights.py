@@ -86,7 +86,7 @@ def _check_floating(residuals, method: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(residuals)[0]:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             raise ValueError(
-                f"{method}: residual {jax.tree_util.keystr(path)} has dtype "
+                f"{method}: residual {_base.term_name(path)} has dtype "
                 f"{leaf.dtype}; residuals must be floating point."
             )
 
@@ -135,7 +135,7 @@ def _point_traces(
         n = np.shape(pts)[0] if np.ndim(pts) else None
         if n is None or shape.shape[:1] != (n,):
             raise ValueError(
-                f"{method}: term {jax.tree_util.keystr(path)} has points of shape "
+                f"{method}: term {_base.term_name(path)} has points of shape "
                 f"{np.shape(pts)} and residuals of shape {shape.shape} from "
                 "residual_fn(params, points); with points=, each term's residuals "
                 "must have its points along their first axis (entry k computed "

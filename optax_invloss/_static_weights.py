@@ -32,10 +32,10 @@ class StaticWeightsState(NamedTuple):
 
 
 def _by_name(tree: Any, argname: str) -> dict[str, Any]:
-    names = _base.term_paths(tree)
+    names = dict(zip(_base.term_names(tree), jax.tree.leaves(tree), strict=True))
     if not names:
         raise ValueError(f"{argname} must name at least one loss term; got {tree!r}.")
-    return dict(names)
+    return names
 
 
 def _check_weight(name: str, value: Any) -> None:
@@ -55,7 +55,7 @@ def _check_weight(name: str, value: Any) -> None:
 
 def _match(given: dict[str, Any], losses: Any, argname: str, *, all_terms: bool):
     """Checks the terms named in ``given`` against the losses' terms."""
-    terms = [name for name, _ in _base.term_paths(losses)]
+    terms = _base.term_names(losses)
     listed = ", ".join(terms)
     extra = [name for name in given if name not in terms]
     if extra:
@@ -165,7 +165,7 @@ def static_weights(
 
     def weights_at(step, losses, dtype):
         vector = []
-        for name, _ in _base.term_paths(losses):
+        for name in _base.term_names(losses):
             w = jnp.asarray(given[name], dtype)
             if name in scheduled:
                 # The step as a float of the state's dtype, so that the schedule

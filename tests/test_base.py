@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import optax_invloss as oil
+from optax_invloss import _base
 
 
 def test_weighted_sum_by_hand():
@@ -68,3 +69,16 @@ def test_loss_weights_with_two_weighting_states_asks_which():
     state = oil.inverse_loss().init({"a": 0.0})
     with pytest.raises(ValueError, match="Found 2 weighting states"):
         oil.loss_weights((state, state))
+
+
+def test_term_names_and_index():
+    losses = {"pde": 1.0, "bc": {"left": 1.0, "right": 1.0}}
+    assert _base.term_names(losses, short=True) == ["bc/left", "bc/right", "pde"]
+    assert _base.term_names(losses) == ["['bc']['left']", "['bc']['right']", "['pde']"]
+    assert _base.term_names(2.0) == ["<root>"]
+    kw = dict(argname="reference", method="m")
+    assert _base.term_index(losses, "pde", **kw) == 2
+    assert _base.term_index(losses, "bc/right", **kw) == 1
+    assert _base.term_index(losses, "['bc']['left']", **kw) == 0
+    with pytest.raises(ValueError, match="'bc/left', 'bc/right', 'pde'"):
+        _base.term_index(losses, "bc", **kw)

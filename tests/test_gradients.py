@@ -130,17 +130,6 @@ def test_term_gradients_loss_fn_structure_must_match():
         )
 
 
-def test_term_names_and_index():
-    losses = {"pde": 1.0, "bc": {"left": 1.0, "right": 1.0}}
-    assert _gradients.term_names(losses) == ["bc/left", "bc/right", "pde"]
-    kw = dict(argname="reference", method="m")
-    assert _gradients.term_index(losses, "pde", **kw) == 2
-    assert _gradients.term_index(losses, "bc/right", **kw) == 1
-    assert _gradients.term_index(losses, "['bc']['left']", **kw) == 0
-    with pytest.raises(ValueError, match="'bc/left', 'bc/right', 'pde'"):
-        _gradients.term_index(losses, "bc", **kw)
-
-
 def test_safe_ratio_never_divides_by_zero():
     num, den = jnp.asarray(3.0), jnp.asarray([2.0, 0.0, -1.0])
     np.testing.assert_array_equal(
