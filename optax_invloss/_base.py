@@ -184,13 +184,40 @@ def equal_weights(losses: Losses, dtype, total: float = 1.0) -> Any:
     return jax.tree.map(lambda _: jnp.asarray(total / n, dtype), losses)
 
 
-def prepare(losses: Losses, state: NamedTuple) -> tuple[jax.Array, jax.Array]:
-    """Validates losses against a state; returns ``(vector, ok)``.
+def check_state(state: Any, kind: type) -> None:
+    """Raises TypeError unless ``state`` is a ``kind`` (the state ``init`` returns).
 
-    ``vector`` holds the losses in the state's dtype. ``ok`` is a traced boolean that
-    is False when any loss is NaN, infinite or negative: such an update must not
-    touch the state (see :func:`finish`).
+    Catches ``method.update(losses, None)``, another method's state, and an
+    optimizer state passed where the weighting state is meant.
     """
+    if not isinstance(state, kind):
+        hint = ""
+        if state is not None and hasattr(state, "weighting_state"):
+            hint = " (pass opt_state.weighting_state, not the optimizer's state)"
+        raise TypeError(
+            f"update expected a {kind.__name__}, the state that this method's "
+            f"init(losses) returns{hint}; got {type(state).__name__}: "
+            f"{_short_repr(state)}."
+        )
+
+
+def _short_repr(x: Any, limit: int = 80) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def prepare(
+    losses: Losses, state: NamedTuple, kind: type
+) -> tuple[jax.Array, jax.Array]:
+    """The start of every ``update``: checks; returns ``(vector, ok)``.
+
+    Checks that ``state`` is a ``kind`` (:func:`check_state`) and that the losses
+    are scalar floats in the structure the state was made for. ``vector`` holds
+    the losses in the state's dtype. ``ok`` is a traced boolean that is False
+    when any loss is NaN, infinite or negative: such an update must not touch
+    the state (see :func:`finish`).
+    """
+    check_state(state, kind)
     check_losses(losses)
     check_structure(losses, state.loss_weights, what="the losses given to init")
     dtype = jax.tree.leaves(state.loss_weights)[0].dtype
@@ -202,28 +229,103 @@ def prepare(losses: Losses, state: NamedTuple) -> tuple[jax.Array, jax.Array]:
     return vector, ok
 
 
-def finish(ok: jax.Array, new_state: NamedTuple, old_state: NamedTuple):
-    """Keeps ``new_state`` if ``ok``, else ``old_state`` with one more skip counted.
+def _is_stacked(value: Any, field: Any, losses: Losses) -> bool:
+    """Whether ``value`` is ``field`` (a per-term field) stacked, one row a term."""
+    if jax.tree.structure(field) != jax.tree.structure(losses):
+        return False
+    shape = getattr(value, "shape", None)
+    leaf = jax.tree.leaves(field)[0]
+    n = len(jax.tree.leaves(losses))
+    return shape is not None and tuple(shape) == (n, *jnp.shape(leaf))
 
-    Leaves are cast to the old state's dtypes, so the state's types never change
-    from one step to the next (no retrace, ``lax.scan``-safe).
+
+def stacked(losses: Losses, field: Any) -> Any:
+    """A state field as :func:`finish` takes it: stacked if it is per term."""
+    if jax.tree.structure(field) == jax.tree.structure(losses):
+        return stack(field)
+    return field
+
+
+def finish(
+    losses: Losses, state: NamedTuple, ok: jax.Array, **changes: Any
+) -> tuple[Weights, NamedTuple]:
+    """The end of every ``update``: the weights to return and the new state.
+
+    ``changes`` are the new values of the state's fields that change. A field
+    kept in the losses' structure (``loss_weights``, ``loss_average``, ...) may be
+    given stacked, one row per term in leaf order (as :func:`stack` gives it);
+    it is put back into the field's structure. Then, in one place for every
+    method:
+
+    - ``ok`` (traced): the new state is kept, with ``weighting_step`` one
+      higher; otherwise the old state is kept and ``skipped_updates`` goes up
+      by one (counters saturate);
+    - every leaf is cast to the old state's dtype, so the state's types never
+      change from one step to the next (no retrace, ``lax.scan``-safe);
+    - the weights are returned in the losses' structure, each in its loss's
+      dtype.
+
+    Returns:
+      ``(weights, state)``, what ``update`` returns.
     """
-    new_state = new_state._replace(
-        weighting_step=optax.safe_increment(old_state.weighting_step),
-        skipped_updates=old_state.skipped_updates,
+    fields = {}
+    for name, value in changes.items():
+        if name not in state._fields:
+            raise ValueError(
+                f"{type(state).__name__} has no field {name!r}; its fields are "
+                f"{', '.join(state._fields)}."
+            )
+        old = getattr(state, name)
+        fields[name] = unstack(value, old) if _is_stacked(value, old, losses) else value
+    new_state = state._replace(
+        **fields,
+        weighting_step=optax.safe_increment(state.weighting_step),
+        skipped_updates=state.skipped_updates,
     )
     kept = jax.tree.map(
         lambda new, old: jnp.where(ok, new, old).astype(jnp.asarray(old).dtype),
         new_state,
-        old_state,
+        state,
     )
-    return kept._replace(
+    kept = kept._replace(
         skipped_updates=jnp.where(
-            ok,
-            old_state.skipped_updates,
-            optax.safe_increment(old_state.skipped_updates),
+            ok, state.skipped_updates, optax.safe_increment(state.skipped_updates)
         )
     )
+    return unstack(stack(kept.loss_weights), losses), kept
+
+
+def flat_state_optimizer(
+    optimizer: optax.GradientTransformation | None, learning_rate: float
+) -> optax.GradientTransformation:
+    """A method's inner optimizer, its state kept as a flat tuple of leaves.
+
+    ``optimizer`` (None: ``optax.adam(learning_rate)``) trains a method's own
+    parameters (log-variances, weights) inside the weighting state. Its state is
+    stored without the optimizer's field names (``count``, ``mu``, ...), so that
+    ``optax.tree.get`` on an outer optimizer's state finds that optimizer's
+    fields only. Raises ValueError if ``optimizer`` is not an Optax gradient
+    transformation.
+    """
+    if optimizer is None:
+        optimizer = optax.adam(learning_rate)
+    elif not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+        raise ValueError(
+            "optimizer must be an Optax gradient transformation (with init and "
+            f"update), got optimizer = {optimizer!r}."
+        )
+
+    def init(params):
+        return tuple(jax.tree.leaves(optimizer.init(params)))
+
+    def update(updates, leaves, params):
+        treedef = jax.tree.structure(jax.eval_shape(optimizer.init, params))
+        updates, inner = optimizer.update(
+            updates, jax.tree.unflatten(treedef, leaves), params
+        )
+        return updates, tuple(jax.tree.leaves(inner))
+
+    return optax.GradientTransformation(init, update)
 
 
 def counter() -> jax.Array:

@@ -123,7 +123,7 @@ def dwa(temperature: float = 2.0, window: int = 1) -> _base.WeightingMethod:
 
     def update(losses, state, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, DWAState)
         step = state.weighting_step
         window_sum = _base.stack(state.window_loss_sum) + vector
         complete = (step + 1) % window == 0
@@ -136,13 +136,14 @@ def dwa(temperature: float = 2.0, window: int = 1) -> _base.WeightingMethod:
         scaled = _base.safe_ratio(latest, previous, temperature)
         weights = vector.shape[0] * jax.nn.softmax(scaled)
         weights = jnp.where(ready, weights, _base.stack(state.loss_weights))
-        new_state = state._replace(
-            loss_weights=_base.unstack(weights, state.loss_weights),
-            window_loss_sum=_base.unstack(window_sum, state.window_loss_sum),
-            latest_average=_base.unstack(latest, state.latest_average),
-            previous_average=_base.unstack(previous, state.previous_average),
+        return _base.finish(
+            losses,
+            state,
+            ok,
+            loss_weights=weights,
+            window_loss_sum=window_sum,
+            latest_average=latest,
+            previous_average=previous,
         )
-        state = _base.finish(ok, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

@@ -135,7 +135,7 @@ def grad_norm_balance(
 
     def update(losses, state, *, params, loss_fn, **inputs):
         del inputs
-        _, ok = _base.prepare(losses, state)
+        _, ok = _base.prepare(losses, state, GradNormBalanceState)
         old = _base.stack(state.loss_weights)
         flags = _gradients.selected_leaves(params, mask, method=name)
 

@@ -223,22 +223,38 @@ def safe_ratio(numerator, denominator, fallback):
 
 
 def update_when_due(
-    losses: Any, state: Any, ok: jax.Array, update_every: int, compute: Callable
+    losses: Any,
+    state: Any,
+    ok: jax.Array,
+    update_every: int,
+    compute: Callable,
+    *,
+    held: tuple[str, ...] = (),
+    **changes: Any,
 ) -> tuple[Any, Any]:
     """The end of a gradient-based method's ``update``: weights and new state.
 
     On a due step (``weighting_step`` a multiple of ``update_every``) the new
-    weight vector comes from ``compute() -> (new, finite)`` inside a ``lax.cond``
-    branch, so the per-term gradients run on due steps only; other steps hold
-    the weights. Losses that are not ``ok`` or a result that is not ``finite``
-    skip the update (:func:`_base.finish`).
+    weight vector comes from ``compute()`` inside a ``lax.cond`` branch, so the
+    per-term gradients run on due steps only; other steps hold the weights.
+    ``compute() -> (new, finite)``, or ``(new, finite, values)`` with ``values``
+    a tuple of the new values of the state fields named in ``held`` (which are
+    held too on the other steps; per-term fields stacked). ``changes`` are the
+    fields that change on every step. Losses that are not ``ok`` or a result
+    that is not ``finite`` skip the update (:func:`_base.finish`).
     """
     old = _base.stack(state.loss_weights)
+    current = tuple(_base.stacked(losses, getattr(state, name)) for name in held)
     due = _base.is_due(state.weighting_step, update_every)
-    new, finite = jax.lax.cond(due, compute, lambda: (old, jnp.asarray(True)))
-    new_state = state._replace(loss_weights=_base.unstack(new, state.loss_weights))
-    state = _base.finish(ok & finite, new_state, state)
-    return _base.unstack(_base.stack(state.loss_weights), losses), state
+
+    def hold():
+        return (old, jnp.asarray(True), *((current,) if held else ()))
+
+    new, finite, *values = jax.lax.cond(due, compute, hold)
+    values = dict(zip(held, values[0], strict=True)) if held else {}
+    return _base.finish(
+        losses, state, ok & finite, loss_weights=new, **values, **changes
+    )
 
 
 def sum_of_squares(leaves: list[jax.Array]) -> jax.Array:

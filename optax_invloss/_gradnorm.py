@@ -149,17 +149,8 @@ def gradnorm(
     _base.check_positive("learning_rate", learning_rate)
     _base.check_every("update_every", update_every)
     _gradients.check_mask(mask)
-    if optimizer is None:
-        optimizer = optax.adam(learning_rate)
-    elif not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
-        raise ValueError(
-            "optimizer must be an Optax gradient transformation (with init and "
-            f"update), got optimizer = {optimizer!r}."
-        )
+    optimizer = _base.flat_state_optimizer(optimizer, learning_rate)
     name = "gradnorm"
-
-    def optimizer_structure(weights):
-        return jax.tree.structure(jax.eval_shape(optimizer.init, weights))
 
     def init(losses):
         _base.check_losses(losses)
@@ -169,22 +160,19 @@ def gradnorm(
         return GradNormState(
             loss_weights=weights,
             initial_losses=_base.zeros_like_losses(losses, dtype),
-            weight_optimizer_leaves=tuple(
-                jax.tree.leaves(optimizer.init(_base.stack(weights)))
-            ),
+            weight_optimizer_leaves=optimizer.init(_base.stack(weights)),
             weighting_step=_base.counter(),
             skipped_updates=_base.counter(),
         )
 
     def update(losses, state, *, params, loss_fn, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, GradNormState)
         old = _base.stack(state.loss_weights)
         n = old.shape[0]
         first = state.weighting_step == 0
         initial = jnp.where(first, vector, _base.stack(state.initial_losses))
         flags = _gradients.selected_leaves(params, mask, method=name)
-        treedef = optimizer_structure(old)
 
         def compute():
             grads = _gradients.term_gradients(
@@ -200,25 +188,23 @@ def gradnorm(
                 return jnp.sum(jnp.abs(g - target))
 
             weight_grad = jax.grad(weight_loss)(old)
-            opt_state = jax.tree.unflatten(treedef, state.weight_optimizer_leaves)
-            step, opt_state = optimizer.update(weight_grad, opt_state, old)
+            step, opt_leaves = optimizer.update(
+                weight_grad, state.weight_optimizer_leaves, old
+            )
             new = jnp.maximum(optax.apply_updates(old, step), 0.0)
             total = jnp.sum(new)
             new = jnp.where(total > 0, n * new / jnp.where(total > 0, total, 1.0), 1.0)
             finite = _gradients.all_finite(norms, new)
-            return new.astype(old.dtype), tuple(jax.tree.leaves(opt_state)), finite
+            return new.astype(old.dtype), finite, (opt_leaves,)
 
-        def hold():
-            return old, state.weight_optimizer_leaves, jnp.asarray(True)
-
-        due = _base.is_due(state.weighting_step, update_every)
-        new, opt_leaves, finite = jax.lax.cond(due, compute, hold)
-        new_state = state._replace(
-            loss_weights=_base.unstack(new, state.loss_weights),
-            initial_losses=_base.unstack(initial, state.initial_losses),
-            weight_optimizer_leaves=opt_leaves,
+        return _gradients.update_when_due(
+            losses,
+            state,
+            ok,
+            update_every,
+            compute,
+            held=("weight_optimizer_leaves",),
+            initial_losses=initial,
         )
-        state = _base.finish(ok & finite, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

@@ -89,7 +89,7 @@ def inverse_loss(
     It is also its failure mode: a term that is easy to drive towards zero (a zero
     Dirichlet boundary, say) keeps being rewarded for relative progress, takes an
     ever larger weight, and starves the others. With the bare formula on the 2D
-    Helmholtz benchmark the residual weight falls to about 1e-12 and the network
+    Helmholtz benchmark the residual's weight falls toward zero and the network
     settles on the zero function. The floor ``min_weight`` stops that; by default
     every term keeps at least a tenth of its equal share (``0.1 / n``).
 
@@ -197,7 +197,7 @@ def inverse_loss(
 
     def update(losses, state, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, InverseLossState)
         step = state.weighting_step
         average = _base.stack(state.loss_average)
         average = jnp.where(
@@ -210,11 +210,8 @@ def inverse_loss(
         weights = jnp.where(
             _base.is_due(step, update_every), weights, _base.stack(state.loss_weights)
         )
-        new_state = state._replace(
-            loss_weights=_base.unstack(weights, state.loss_weights),
-            loss_average=_base.unstack(average, state.loss_average),
+        return _base.finish(
+            losses, state, ok, loss_weights=weights, loss_average=average
         )
-        state = _base.finish(ok, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

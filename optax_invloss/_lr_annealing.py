@@ -183,7 +183,7 @@ def lr_annealing(
 
     def update(losses, state, *, params, loss_fn, **inputs):
         del inputs
-        _, ok = _base.prepare(losses, state)
+        _, ok = _base.prepare(losses, state, LRAnnealingState)
         ref = reference_index(losses)
         old = _base.stack(state.loss_weights)
         dtype = old.dtype

@@ -323,7 +323,7 @@ def ntk_weights(
 
     def update(losses, state, *, params, residual_fn, points=None, **inputs):
         del inputs
-        _, ok = _base.prepare(losses, state)
+        _, ok = _base.prepare(losses, state, NTKWeightsState)
         old = _base.stack(state.loss_weights)
         flags = _gradients.selected_leaves(params, mask, method=name)
 

@@ -194,7 +194,7 @@ def relobralo(
 
     def update(losses, state, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, ReLoBRaLoState)
         first = state.weighting_step == 0
         initial = jnp.where(first, vector, _base.stack(state.initial_losses))
         previous = jnp.where(first, vector, _base.stack(state.previous_losses))
@@ -209,13 +209,14 @@ def relobralo(
             vector, previous, temperature
         )
         weights = jnp.where(first, jnp.ones_like(weights), weights)
-        new_state = state._replace(
-            loss_weights=_base.unstack(weights, state.loss_weights),
-            initial_losses=_base.unstack(initial, state.initial_losses),
-            previous_losses=_base.unstack(vector, state.previous_losses),
+        return _base.finish(
+            losses,
+            state,
+            ok,
+            loss_weights=weights,
+            initial_losses=initial,
+            previous_losses=vector,
             lookback_key=jax.random.key_data(next_key),
         )
-        state = _base.finish(ok, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

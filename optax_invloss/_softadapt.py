@@ -217,7 +217,7 @@ def softadapt(
 
     def update(losses, state, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, SoftAdaptState)
         step = state.weighting_step
         history = _base.stack(state.loss_history)
         history = jnp.concatenate([history[:, 1:], vector[:, None]], axis=1)
@@ -226,11 +226,8 @@ def softadapt(
         weights = jnp.where(
             due, slope_weights(history), _base.stack(state.loss_weights)
         )
-        new_state = state._replace(
-            loss_weights=_base.unstack(weights, state.loss_weights),
-            loss_history=_base.unstack(history, state.loss_history),
+        return _base.finish(
+            losses, state, ok, loss_weights=weights, loss_history=history
         )
-        state = _base.finish(ok, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

@@ -190,15 +190,11 @@ def static_weights(
 
     def update(losses, state, **inputs):
         del inputs
-        _, ok = _base.prepare(losses, state)
+        _, ok = _base.prepare(losses, state, StaticWeightsState)
         dtype = jax.tree.leaves(state.loss_weights)[0].dtype
         next_step = optax.safe_increment(state.weighting_step)
-        new_state = state._replace(
-            loss_weights=_base.unstack(
-                weights_at(next_step, losses, dtype), state.loss_weights
-            )
+        return _base.finish(
+            losses, state, ok, loss_weights=weights_at(next_step, losses, dtype)
         )
-        state = _base.finish(ok, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

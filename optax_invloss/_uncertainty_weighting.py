@@ -131,12 +131,8 @@ def uncertainty_weighting(
     """
     _base.check_positive("learning_rate", learning_rate)
     _base.check_positive("eps", eps)
-    if optimizer is None:
-        optimizer = optax.adam(learning_rate)
+    optimizer = _base.flat_state_optimizer(optimizer, learning_rate)
     min_log_variance = math.log(eps)
-
-    def inner_treedef(log_variances):
-        return jax.tree.structure(jax.eval_shape(optimizer.init, log_variances))
 
     def init(losses):
         _base.check_losses(losses)
@@ -146,34 +142,30 @@ def uncertainty_weighting(
         return UncertaintyWeightingState(
             loss_weights=_base.unstack(0.5 * jnp.exp(-log_variances), like),
             log_variances=_base.unstack(log_variances, like),
-            log_variance_optimizer_state=tuple(
-                jax.tree.leaves(optimizer.init(log_variances))
-            ),
+            log_variance_optimizer_state=optimizer.init(log_variances),
             weighting_step=_base.counter(),
             skipped_updates=_base.counter(),
         )
 
     def update(losses, state, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, UncertaintyWeightingState)
         log_variances = _base.stack(state.log_variances)
-        inner_state = jax.tree.unflatten(
-            inner_treedef(log_variances), state.log_variance_optimizer_state
-        )
         # Capped so that a huge loss on a floored s cannot overflow Adam's moments.
         scaled = jnp.minimum(jnp.exp(-log_variances) * vector, 1.0 / eps)
         grads = 0.5 * (1.0 - scaled)
-        updates, inner_state = optimizer.update(grads, inner_state, log_variances)
+        updates, inner_state = optimizer.update(
+            grads, state.log_variance_optimizer_state, log_variances
+        )
         log_variances = optax.apply_updates(log_variances, updates)
         log_variances = jnp.maximum(log_variances, min_log_variance)
-        new_state = state._replace(
-            loss_weights=_base.unstack(
-                0.5 * jnp.exp(-log_variances), state.loss_weights
-            ),
-            log_variances=_base.unstack(log_variances, state.log_variances),
-            log_variance_optimizer_state=tuple(jax.tree.leaves(inner_state)),
+        return _base.finish(
+            losses,
+            state,
+            ok,
+            loss_weights=0.5 * jnp.exp(-log_variances),
+            log_variances=log_variances,
+            log_variance_optimizer_state=inner_state,
         )
-        state = _base.finish(ok, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

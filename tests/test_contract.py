@@ -197,6 +197,22 @@ def test_wrong_structure_shape_and_dtype_name_the_term(case):
         method.init(dict(losses, pde=jnp.ones(2)))
 
 
+def test_update_without_its_state_says_which_state_it_expected(case):
+    method = case.make()
+    params = toy_params()
+    losses = toy_loss_fn(params)
+    kind = type(method.init(losses)).__name__
+    with pytest.raises(TypeError, match=f"update expected a {kind}.*got NoneType"):
+        _update(case, method, losses, None, params)
+    # Another method's state, or the optimizer state that holds one, likewise.
+    other = (oil.inverse_loss() if kind == "DWAState" else oil.dwa()).init(losses)
+    with pytest.raises(TypeError, match=f"expected a {kind}.*got [A-Z]"):
+        _update(case, method, losses, other, params)
+    wrapped = oil.WeightedOptimizerState(optimizer_state=(), weighting_state=other)
+    with pytest.raises(TypeError, match=f"expected a {kind}.*opt_state.weighting"):
+        _update(case, method, losses, wrapped, params)
+
+
 def _train(tx, params, steps, **extra):
     opt_state = tx.init(params)
 

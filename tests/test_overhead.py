@@ -188,7 +188,7 @@ def _per_term_norms(update_every: int, *, on_demand: bool) -> oil.WeightingMetho
 
     def update(losses, state, *, params, loss_fn, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, _PerTermNormState)
 
         def fresh():
             grads = jax.jacrev(loss_fn)(params)
@@ -201,9 +201,7 @@ def _per_term_norms(update_every: int, *, on_demand: bool) -> oil.WeightingMetho
             weights = jax.lax.cond(due, fresh, lambda: old)
         else:
             weights = jnp.where(due, fresh(), old)
-        new = state._replace(loss_weights=_base.unstack(weights, state.loss_weights))
-        state = _base.finish(ok, new, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
+        return _base.finish(losses, state, ok, loss_weights=weights)
 
     return oil.WeightingMethod(init, update)
 
