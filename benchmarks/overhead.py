@@ -317,9 +317,7 @@ def build(
 
 def is_gradient_based(method: oil.WeightingMethod) -> bool:
     """True if ``update`` takes parameters or a function of them as keyword input."""
-    from optax_invloss import _base
-
-    return bool(_base.method_inputs(method.update) & GRADIENT_INPUTS)
+    return bool(method.inputs & GRADIENT_INPUTS)
 
 
 def _is_factory(obj) -> bool:

@@ -18,7 +18,6 @@ turned back into a pytree; every method goes through them.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -42,7 +41,7 @@ class UpdateFn(Protocol):
 
 
 class WeightingMethod(NamedTuple):
-    """A loss weighting method: a pair of pure functions ``(init, update)``.
+    """A loss weighting method: pure functions ``(init, update)`` and its inputs.
 
     Attributes:
       init: ``init(losses) -> state``. Only the structure, shapes and dtypes of
@@ -50,12 +49,37 @@ class WeightingMethod(NamedTuple):
         ``jax.eval_shape``) and Python floats work as well as arrays.
       update: ``update(losses, state, **inputs) -> (weights, state)``. Keyword inputs
         that a method does not use are ignored, so one training step can drive any
-        method. The keyword inputs a method does use are the keyword-only arguments
-        of its ``update``; :func:`optax_invloss.with_weighting` reads them from there.
+        method.
+      inputs: the names of the keyword inputs that ``update`` uses:
+        ``frozenset({"params", "loss_fn"})`` for most gradient-based methods,
+        empty (the default) for the methods that only look at the loss values.
+        :func:`optax_invloss.with_weighting` hands ``update`` exactly these
+        (``params`` from the optimizer's own argument) and every other keyword
+        to the optimizer it wraps. A method of your own that needs inputs must
+        declare them here.
     """
 
     init: InitFn
     update: UpdateFn
+    inputs: frozenset[str] = frozenset()
+
+
+def declared_inputs(method: Any) -> frozenset[str]:
+    """``method.inputs``, checked: raises TypeError unless a set of str."""
+    inputs = getattr(method, "inputs", None)
+    if inputs is None or not hasattr(method, "init") or not hasattr(method, "update"):
+        raise TypeError(
+            "method must be a WeightingMethod (init, update, inputs), such as "
+            f"optax_invloss.inverse_loss(); got {type(method).__name__}."
+        )
+    if not isinstance(inputs, (frozenset, set)) or not all(
+        isinstance(name, str) for name in inputs
+    ):
+        raise TypeError(
+            "method.inputs must be a frozenset of the names of the keyword inputs "
+            f"that method.update uses, got method.inputs = {inputs!r}."
+        )
+    return frozenset(inputs)
 
 
 # ----------------------------------------------------------------------------------
@@ -481,11 +505,3 @@ def loss_weights(state: Any) -> Weights:
       0.25 0.75
     """
     return find_weighting_state(state).loss_weights
-
-
-def method_inputs(update: Callable) -> frozenset[str]:
-    """The keyword inputs a method's ``update`` names (its keyword-only arguments)."""
-    import inspect
-
-    params = inspect.signature(update).parameters.values()
-    return frozenset(p.name for p in params if p.kind is p.KEYWORD_ONLY)

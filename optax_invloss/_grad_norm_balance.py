@@ -151,4 +151,6 @@ def grad_norm_balance(
 
         return _gradients.update_when_due(losses, state, ok, update_every, compute)
 
-    return _base.WeightingMethod(init, update)
+    return _base.WeightingMethod(
+        init, update, inputs=frozenset({"params", "loss_fn"})
+    )

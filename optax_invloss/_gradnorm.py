@@ -207,4 +207,6 @@ def gradnorm(
             initial_losses=initial,
         )
 
-    return _base.WeightingMethod(init, update)
+    return _base.WeightingMethod(
+        init, update, inputs=frozenset({"params", "loss_fn"})
+    )

@@ -207,4 +207,6 @@ def lr_annealing(
 
         return _gradients.update_when_due(losses, state, ok, update_every, compute)
 
-    return _base.WeightingMethod(init, update)
+    return _base.WeightingMethod(
+        init, update, inputs=frozenset({"params", "loss_fn"})
+    )

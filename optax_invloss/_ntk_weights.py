@@ -346,4 +346,6 @@ def ntk_weights(
 
         return _gradients.update_when_due(losses, state, ok, update_every, compute)
 
-    return _base.WeightingMethod(init, update)
+    return _base.WeightingMethod(
+        init, update, inputs=frozenset({"params", "residual_fn", "points"})
+    )

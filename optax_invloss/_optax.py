@@ -31,11 +31,12 @@ def with_weighting(
     """Wraps an Optax optimizer so that its state also carries a loss weighting.
 
     The wrapped optimizer's ``update(grads, state, params, *, losses, **extra)``
-    updates the weighting from ``losses`` (plus the keyword inputs the method
-    names, such as ``loss_fn`` for gradient-based methods, and ``params``) and
-    hands ``grads``, ``params`` and every other keyword to ``optimizer``
-    unchanged. ``losses`` is never forwarded, so ``optax.lbfgs``, whose line search
-    rejects keywords its ``value_fn`` does not name, can be wrapped.
+    updates the weighting from ``losses`` plus the keyword inputs the method
+    declares in ``method.inputs`` (such as ``loss_fn`` for gradient-based
+    methods; ``params`` is the optimizer's own argument) and hands ``grads``,
+    ``params`` and every other keyword to ``optimizer`` unchanged. ``losses`` is
+    never forwarded, so ``optax.lbfgs``, whose line search rejects keywords its
+    ``value_fn`` does not name, can be wrapped.
 
     The training step computes the losses once, takes the gradient of the
     weighted total with the weights already in the state, and passes the same
@@ -89,7 +90,7 @@ def with_weighting(
       data 0.05, reg 0.95
     """
     optimizer = optax.with_extra_args_support(optimizer)
-    method_inputs = _base.method_inputs(method.update)
+    method_inputs = _base.declared_inputs(method)
     _base.check_losses(losses, argname="with_weighting(losses=...)")
 
     def init_fn(params):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -71,8 +70,8 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
       axis_name: the mapped axis (or tuple of axes) the batch is split over.
 
     Returns:
-      A :class:`WeightingMethod` with the same state as ``method``; its ``update``
-      takes the same keyword inputs, plus ``counts``.
+      A :class:`WeightingMethod` with the same state as ``method``; its
+      ``inputs`` are ``method.inputs`` plus ``counts``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax_invloss
@@ -88,7 +87,7 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
       >>> print({k: round(float(v), 3) for k, v in w.items()})
       {'bc': 0.7, 'pde': 0.3}
     """
-    inner_inputs = _base.method_inputs(method.update)
+    inner_inputs = _base.declared_inputs(method)
 
     def update(losses, state, *, counts=None, **inputs):
         losses = global_mean(losses, axis_name, counts)
@@ -104,15 +103,9 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
             inputs["residual_fn"] = _gathered(residual_fn, axis_name)
         return method.update(losses, state, **inputs)
 
-    # Advertise the inner method's keyword inputs (and counts), so that
-    # with_weighting routes them here.
-    params = list(inspect.signature(update).parameters.values())
-    extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
-        for name in sorted(inner_inputs - {"counts"})
-    ]
-    update.__signature__ = inspect.Signature(params[:3] + extra + params[3:])
-    return _base.WeightingMethod(method.init, update)
+    return _base.WeightingMethod(
+        method.init, update, inputs=inner_inputs | {"counts"}
+    )
 
 
 def _global_loss_fn(loss_fn: Callable, axis_name, counts) -> Callable:

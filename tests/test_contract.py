@@ -197,6 +197,12 @@ def test_wrong_structure_shape_and_dtype_name_the_term(case):
         method.init(dict(losses, pde=jnp.ones(2)))
 
 
+def test_the_inputs_update_uses_are_declared(case):
+    method = case.make()
+    assert isinstance(method.inputs, frozenset)
+    assert set(case.inputs(toy_params(), toy_loss_fn)) <= method.inputs
+
+
 def test_update_without_its_state_says_which_state_it_expected(case):
     method = case.make()
     params = toy_params()

@@ -484,7 +484,9 @@ def _with_inputs(method):
         assert callable(loss_fn) and params is not None
         return method.update(losses, state, **inputs)
 
-    return oil.WeightingMethod(method.init, update)
+    return oil.WeightingMethod(
+        method.init, update, inputs=frozenset({"loss_fn", "params"})
+    )
 
 
 def test_with_weighting_forwards_value_grad_and_value_fn_to_lbfgs():

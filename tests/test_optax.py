@@ -40,32 +40,59 @@ class _ProbeState(NamedTuple):
     last_probe: jax.Array
 
 
-def _probe_method():
-    """A method whose update names one keyword input, ``probe``, and ``params``."""
+def _probe_method(received):
+    """A method that declares two inputs, ``probe`` and ``params``.
+
+    Its ``update`` takes any keywords (no keyword-only arguments), so routing
+    can only come from ``inputs``; it records the keywords it is given.
+    """
 
     def init(losses):
         weights = jax.tree.map(lambda _: jnp.ones(()), losses)
         zero = jnp.zeros((), jnp.int32)
         return _ProbeState(weights, zero, zero, jnp.zeros(()))
 
-    def update(losses, state, *, probe, params, **inputs):
-        del losses, inputs
-        return state.loss_weights, state._replace(last_probe=probe + jnp.sum(params))
+    def update(losses, state, **inputs):
+        del losses
+        received.append(sorted(inputs))
+        probe = inputs["probe"] + jnp.sum(inputs["params"])
+        return state.loss_weights, state._replace(last_probe=probe)
 
-    return oil.WeightingMethod(init, update)
+    return oil.WeightingMethod(init, update, inputs=frozenset({"probe", "params"}))
 
 
-def test_keywords_are_routed_to_the_method_or_the_optimizer():
-    seen = []
+def test_with_weighting_routes_keywords_by_the_declared_inputs():
+    seen, received = [], []
     params = jnp.ones(2)
-    tx = oil.with_weighting(_recording_optimizer(seen), _probe_method(), {"a": 0.0})
+    method = _probe_method(received)
+    tx = oil.with_weighting(_recording_optimizer(seen), method, {"a": 0.0})
     state = tx.init(params)
     _, state = tx.update(
-        params, state, params, losses={"a": 1.0}, probe=3.0, value=1.0, value_fn=None
+        params,
+        state,
+        params,
+        losses={"a": 1.0},
+        probe=3.0,
+        value=1.0,
+        value_fn=None,
+        loss_fn=len,  # a gradient method's input, not declared by this one
     )
-    # The method got probe and params (3 + 1 + 1); the optimizer got the rest.
+    # The method got exactly probe and params (3 + 1 + 1); the optimizer got
+    # every other keyword, losses excepted.
+    assert received == [["params", "probe"]]
     np.testing.assert_allclose(state.weighting_state.last_probe, 5.0)
-    assert seen == [["value", "value_fn"]]
+    assert seen == [["loss_fn", "value", "value_fn"]]
+    # sharded passes the inner method's inputs on, plus its own counts.
+    assert oil.sharded(method, "data").inputs == {"probe", "params", "counts"}
+
+
+def test_every_method_declares_a_frozenset_of_inputs():
+    with pytest.raises(TypeError, match="method.inputs must be a frozenset"):
+        oil.with_weighting(
+            optax.sgd(0.1), oil.WeightingMethod(len, len, inputs="loss_fn"), {"a": 0.0}
+        )
+    with pytest.raises(TypeError, match="method must be a WeightingMethod"):
+        oil.with_weighting(optax.sgd(0.1), (len, len), {"a": 0.0})
 
 
 def test_update_without_losses_says_what_to_pass():

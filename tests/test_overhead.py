@@ -203,7 +203,7 @@ def _per_term_norms(update_every: int, *, on_demand: bool) -> oil.WeightingMetho
             weights = jnp.where(due, fresh(), old)
         return _base.finish(losses, state, ok, loss_weights=weights)
 
-    return oil.WeightingMethod(init, update)
+    return oil.WeightingMethod(init, update, inputs=frozenset({"params", "loss_fn"}))
 
 
 def _check_on_demand(method_for, plain):
