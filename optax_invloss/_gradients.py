@@ -191,9 +191,8 @@ def term_gradients(
     their own points (PINNs: residual, boundary, initial points), all the terms'
     gradients together cost one forward and one backward pass of the whole loss.
     ``jax.jacrev`` of the loss dict would instead run the backward pass of the
-    whole loss once per term (one pass batched over the terms): on the 5-term
-    Helmholtz benchmark that made an update step cost 5.4 plain steps on a CPU,
-    against 1.9 this way (``benchmarks/overhead.py``).
+    whole loss once per term (one pass batched over the terms), several times
+    the cost on a multi-term PINN (``benchmarks/results/overhead_cpu.md``).
     """
     g, selected = restrict(loss_fn, params, flags)
     out = jax.eval_shape(g, selected)

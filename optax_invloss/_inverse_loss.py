@@ -94,17 +94,18 @@ def inverse_loss(
     every term keeps at least a tenth of its equal share (``0.1 / n``).
 
     Defaults. ``min_weight=None`` (``0.1 / n``) and ``ema_decay=0`` were chosen
-    from the runs in ``benchmarks/results/inverse_loss_defaults.md`` (command
-    there): under Adam, the default beats equal weights on 2D Helmholtz (relative
-    error 0.17 against 0.61, 10k steps) and on 1D Poisson (3.2e-4 against
-    4.5e-3); the bare formula collapses on both (error 1); a floor of ``0.01 / n``
-    is better on Helmholtz but worse on Poisson; averaging changes little.
+    from the runs in ``benchmarks/results/inverse_loss_defaults.md`` (figures and
+    command there): under Adam, the default beats equal weights on 2D Helmholtz
+    and on 1D Poisson; the bare formula collapses on both; a floor of
+    ``0.01 / n`` is better on Helmholtz but worse on Poisson; averaging changes
+    little.
 
     When it does not help. The weights sum to 1, so the total gradient is scaled
     by about :math:`(\sum_j 1/L_j)^{-1}`. Adam and L-BFGS do not care, but plain
     gradient descent does: on the 1D Poisson problem with the NTK paper's plain
-    gradient descent, every inverse-loss setting loses to equal weights (0.98
-    against 0.45), because the residual's effective step is 20 times smaller.
+    gradient descent, every inverse-loss setting loses to equal weights
+    (``benchmarks/results/inverse_loss_defaults.md``), because the residual's
+    effective step is scaled down by its small weight.
     Late in training the weights often sit on the floor, where the method acts as
     fixed weights chosen by the floor. On the 1D wave and Burgers problems (short
     runs, ``benchmarks/results/pinn/floor/README.md``) one boundary or velocity term

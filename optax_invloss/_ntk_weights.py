@@ -209,14 +209,12 @@ def ntk_weights(
     the first axis, entry :math:`k` computed from point :math:`k` alone (the
     usual ``jax.vmap`` over points). Each row is then the gradient of ``f`` on
     one point, all of them vmapped ``chunk_size`` at a time: one update costs
-    about as much as a few training steps (an update step costs 3.9 to 4.6
-    plain steps on 2D Helmholtz, 3 x 50 network, 128 points per term, CPU:
-    ``benchmarks/results/overhead_cpu.md``). Without ``points``,
+    about as much as a few training steps. Without ``points``,
     ``residual_fn(params)`` is a black box and each row is one vector-Jacobian
     product of the whole batch with a one-hot cotangent: :math:`N` backward
-    passes over all :math:`N` points, a cost that grows as :math:`N^2` (430
-    plain steps on the same problem). The paper recomputes
-    every 1000 steps, the default here.
+    passes over all :math:`N` points, a cost that grows as :math:`N^2`. Both
+    costs are measured in ``benchmarks/results/overhead_cpu.md``. The paper
+    recomputes every 1000 steps, the default here.
 
     Sum or mean over the points. The trace sums over the points, as in the
     paper, and balances loss terms that are *sums* of squared residuals,

@@ -141,11 +141,11 @@ def softadapt(
         (the stencil's order of accuracy is ``window - 1``). Integer >= 2.
       variant: ``"normalized"`` (the default), ``"plain"`` or
         ``"loss_weighted"``. The default is normalized because PINN losses are
-        large and noisy: on our 2D Helmholtz benchmarks (losses of 1e2 to 1e4)
-        the plain slopes saturate the softmax at ``beta = 0.1`` and the weights
-        flip between 0 and 1 from step to step (median error 3.9 against 1.8 for
-        equal weights, 2 terms; 5.1 against 1.7, 5 terms); normalized slopes
-        give 1.75 and 1.5 to 3.5 (``benchmarks/results/pinn/``).
+        large and noisy: on the 2D Helmholtz benchmarks the plain slopes
+        saturate the softmax at ``beta = 0.1``, the weights flip between 0 and
+        1 from step to step and the error is worse than with equal weights;
+        normalized slopes do better (``benchmarks/results/pinn/helmholtz/`` and
+        ``benchmarks/results/pinn/helmholtz5/``).
       update_every: recompute the weights every ``update_every`` accepted
         updates once the window is full, and hold them in between. Integer >= 1.
 
