@@ -116,10 +116,7 @@ def grad_norm_balance(
     """
     _base.check_decay("decay", decay)
     _base.check_every("update_every", update_every)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(
-            f"reduction must be one of {_REDUCTIONS}, got reduction = {reduction!r}."
-        )
+    _base.check_choice("reduction", reduction, _REDUCTIONS)
     _gradients.check_mask(mask)
     name = "grad_norm_balance"
 
@@ -151,6 +148,4 @@ def grad_norm_balance(
 
         return _gradients.update_when_due(losses, state, ok, update_every, compute)
 
-    return _base.WeightingMethod(
-        init, update, inputs=frozenset({"params", "loss_fn"})
-    )
+    return _base.WeightingMethod(init, update, inputs=frozenset({"params", "loss_fn"}))

@@ -109,7 +109,7 @@ def check_mask(mask: Mask, argname: str = "mask") -> None:
     if isinstance(mask, (bool, str, int, float)):
         raise ValueError(
             f"{argname} must be None (all parameters), a pytree of bools matching "
-            f"params, or a function params -> such a pytree; got {argname} = "
+            f"params, or a function params -> such a pytree, got {argname} = "
             f"{mask!r}."
         )
 

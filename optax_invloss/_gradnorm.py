@@ -144,8 +144,7 @@ def gradnorm(
       for adaptive loss balancing in deep multitask networks
       <https://arxiv.org/abs/1711.02257>`_, ICML 2018.
     """
-    if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got alpha = {alpha!r}.")
+    _base.check_range("alpha", alpha, 0)
     _base.check_positive("learning_rate", learning_rate)
     _base.check_every("update_every", update_every)
     _gradients.check_mask(mask)
@@ -207,6 +206,4 @@ def gradnorm(
             initial_losses=initial,
         )
 
-    return _base.WeightingMethod(
-        init, update, inputs=frozenset({"params", "loss_fn"})
-    )
+    return _base.WeightingMethod(init, update, inputs=frozenset({"params", "loss_fn"}))

@@ -166,14 +166,9 @@ def inverse_loss(
     _base.check_positive("eps", eps)
     _base.check_decay("ema_decay", ema_decay)
     _base.check_every("update_every", update_every)
-    if min_weight is not None and not 0.0 <= min_weight <= 1.0:
-        raise ValueError(
-            f"min_weight must be in [0, 1], got min_weight = {min_weight!r}."
-        )
-    if not 0.0 < max_weight <= 1.0:
-        raise ValueError(
-            f"max_weight must be in (0, 1], got max_weight = {max_weight!r}."
-        )
+    if min_weight is not None:
+        _base.check_range("min_weight", min_weight, 0, 1)
+    _base.check_range("max_weight", max_weight, 0, 1, low_open=True)
     if min_weight is not None and min_weight > max_weight:
         raise ValueError(
             "min_weight must not exceed max_weight, got min_weight = "

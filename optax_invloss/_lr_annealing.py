@@ -158,17 +158,13 @@ def lr_annealing(
         )
     _base.check_decay("decay", decay)
     _base.check_every("update_every", update_every)
-    if statistic not in _STATISTICS:
-        raise ValueError(
-            f"statistic must be one of {_STATISTICS}, got statistic = {statistic!r}."
-        )
+    _base.check_choice("statistic", statistic, _STATISTICS)
+    _base.check_flag("lambda_inside", lambda_inside)
     _gradients.check_mask(mask)
     name = "lr_annealing"
 
     def reference_index(losses) -> int:
-        return _base.term_index(
-            losses, reference, argname="reference", method=name
-        )
+        return _base.term_index(losses, reference, argname="reference", method=name)
 
     def init(losses):
         _base.check_losses(losses)
@@ -207,6 +203,4 @@ def lr_annealing(
 
         return _gradients.update_when_due(losses, state, ok, update_every, compute)
 
-    return _base.WeightingMethod(
-        init, update, inputs=frozenset({"params", "loss_fn"})
-    )
+    return _base.WeightingMethod(init, update, inputs=frozenset({"params", "loss_fn"}))

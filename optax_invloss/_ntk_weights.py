@@ -305,7 +305,8 @@ def ntk_weights(
     _base.check_every("update_every", update_every)
     _base.check_decay("decay", decay)
     if chunk_size is not None:
-        _base.check_every("chunk_size", chunk_size)
+        _base.check_integer("chunk_size", chunk_size, 1)
+    _base.check_flag("per_point", per_point)
     _gradients.check_mask(mask)
     name = "ntk_weights"
 

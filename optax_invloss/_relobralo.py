@@ -169,11 +169,9 @@ def relobralo(
       Bischof and Kraus, `Multi-Objective Loss Balancing for Physics-Informed
       Deep Learning <https://arxiv.org/abs/2110.09813>`_, 2021.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got alpha = {alpha!r}.")
+    _base.check_range("alpha", alpha, 0, 1)
     _base.check_positive("temperature", temperature)
-    if not 0.0 <= lookback <= 1.0:
-        raise ValueError(f"lookback must be in [0, 1], got lookback = {lookback!r}.")
+    _base.check_range("lookback", lookback, 0, 1)
     typed_key = _typed_key(key)
     impl = jax.random.key_impl(typed_key)
     key_data = jax.random.key_data(typed_key)

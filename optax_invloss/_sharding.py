@@ -103,9 +103,7 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
             inputs["residual_fn"] = _gathered(residual_fn, axis_name)
         return method.update(losses, state, **inputs)
 
-    return _base.WeightingMethod(
-        method.init, update, inputs=inner_inputs | {"counts"}
-    )
+    return _base.WeightingMethod(method.init, update, inputs=inner_inputs | {"counts"})
 
 
 def _global_loss_fn(loss_fn: Callable, axis_name, counts) -> Callable:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Any, NamedTuple
 
@@ -175,17 +174,9 @@ def softadapt(
       Weighting of Neural Networks with Multi-Part Loss Functions
       <https://arxiv.org/abs/1912.12355>`_, 2019.
     """
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
-        raise ValueError(f"beta must be a finite number, got beta = {beta!r}.")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-        raise ValueError(
-            f"window must be an integer >= 2 (two loss values give the first "
-            f"slope), got window = {window!r}."
-        )
-    if variant not in _VARIANTS:
-        raise ValueError(
-            f"variant must be one of {_VARIANTS}, got variant = {variant!r}."
-        )
+    _base.check_finite("beta", beta)
+    _base.check_integer("window", window, 2)  # two values give the first slope
+    _base.check_choice("variant", variant, _VARIANTS)
     _base.check_every("update_every", update_every)
     stencil = backward_difference_coefficients(window)
 

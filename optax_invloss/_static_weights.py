@@ -87,7 +87,9 @@ def static_weights(
     given for that term in ``schedules`` (:math:`m_i \equiv 1` for a term without
     one). The weights are used as given: they are **not normalised**, so they sum
     to whatever they sum to, and ``static_weights({"pde": 1.0, "bc": 1.0})`` is the
-    plain unweighted sum of the losses.
+    plain unweighted sum of the losses. One number instead of a pytree is the
+    weight of every term, whatever the terms: ``static_weights(1.0)`` is the
+    plain sum for any losses.
 
     This is the hand-tuned baseline that adaptive methods are compared with
     (``{"pde": 1.0, "bc": 100.0}``, say), with the same ``(init, update)`` shape
@@ -107,11 +109,12 @@ def static_weights(
 
     Args:
       weights: the weight of each loss term: a pytree (usually a dict by name) of
-        non-negative numbers with exactly the terms of the losses. A term
+        non-negative numbers with exactly the terms of the losses, or one
+        non-negative number, the weight of every term. In a pytree, a term
         missing or a term too many raises ValueError at ``init``, naming the
         term; there is no silent default weight of 1.
       schedules: optional pytree mapping some of the terms (the same names and
-        nesting as ``weights``) to Optax schedules, functions ``step ->
+        nesting as the losses) to Optax schedules, functions ``step ->
         multiplier`` such as ``optax.linear_schedule``; the schedule's value
         multiplies that term's weight. Terms without a schedule keep their
         weight. ``None`` means no schedules.
@@ -141,13 +144,34 @@ def static_weights(
       Traceback (most recent call last):
       ...
       ValueError: weights has no weight for the loss term ['bc']; ...
+
+      One number weights every term alike:
+
+      >>> method = optax_invloss.static_weights(1.0)  # the plain sum
+      >>> weights, _ = method.update(losses, method.init(losses))
+      >>> print({k: float(v) for k, v in weights.items()})
+      {'bc': 1.0, 'pde': 1.0}
     """
-    given = _by_name(weights, "weights")
-    for name, value in given.items():
-        _check_weight(name, value)
-    given = {name: float(value) for name, value in given.items()}
+    every = None  # the weight of every term, when one number is given
+    if _base.is_real(weights) or isinstance(weights, (str, bytes, bool)):
+        if not (_base.is_real(weights) and math.isfinite(weights) and weights >= 0):
+            raise ValueError(
+                "weights must be a finite number >= 0 (the weight of every term) "
+                f"or a pytree of them, got weights = {weights!r}."
+            )
+        every, given = float(weights), {}
+    else:
+        given = _by_name(weights, "weights")
+        for name, value in given.items():
+            _check_weight(name, value)
+        given = {name: float(value) for name, value in given.items()}
     scheduled: dict[str, Callable] = {}
     if schedules is not None:
+        if jax.tree_util.treedef_is_leaf(jax.tree.structure(schedules)):
+            raise ValueError(
+                "schedules must be a pytree (a dict, say) mapping loss terms to "
+                f"Optax schedules, got schedules = {schedules!r}."
+            )
         scheduled = _by_name(schedules, "schedules")
         for name, schedule in scheduled.items():
             if not callable(schedule):
@@ -157,7 +181,7 @@ def static_weights(
                     f"got {schedule!r}."
                 )
         extra = [name for name in scheduled if name not in given]
-        if extra:
+        if extra and every is None:
             raise ValueError(
                 f"schedules names the term {extra[0]}, which has no weight in "
                 f"weights (terms with weights: {', '.join(given)})."
@@ -166,7 +190,7 @@ def static_weights(
     def weights_at(step, losses, dtype):
         vector = []
         for name in _base.term_names(losses):
-            w = jnp.asarray(given[name], dtype)
+            w = jnp.asarray(given.get(name, every), dtype)
             if name in scheduled:
                 # The step as a float of the state's dtype, so that the schedule
                 # is computed at that precision (float64 under x64).
@@ -176,7 +200,8 @@ def static_weights(
 
     def init(losses):
         _base.check_losses(losses)
-        _match(given, losses, "weights", all_terms=True)
+        if every is None:
+            _match(given, losses, "weights", all_terms=True)
         _match(scheduled, losses, "schedules", all_terms=False)
         dtype = _base.state_dtype(losses)
         like = _base.zeros_like_losses(losses, dtype)

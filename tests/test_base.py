@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import factories
 
 import optax_invloss as oil
 from optax_invloss import _base
@@ -82,3 +85,32 @@ def test_term_names_and_index():
     assert _base.term_index(losses, "['bc']['left']", **kw) == 0
     with pytest.raises(ValueError, match="'bc/left', 'bc/right', 'pde'"):
         _base.term_index(losses, "bc", **kw)
+
+
+def _hyperparameters():
+    """``(factory, argument, default)`` for every public factory's hyperparameter."""
+    for name, factory in sorted(factories().items()):
+        for arg in inspect.signature(factory).parameters.values():
+            if arg.default is inspect.Parameter.empty or callable(arg.default):
+                continue  # required (static_weights' weights) or a mask
+            yield pytest.param(factory, arg.name, arg.default, id=f"{name}-{arg.name}")
+
+
+# The arguments without a default that a factory needs, to reach the others.
+_REQUIRED = {"static_weights": {"weights": 1.0}}
+
+
+@pytest.mark.parametrize("factory, name, default", list(_hyperparameters()))
+def test_hyperparameters_of_the_wrong_type_name_the_argument(factory, name, default):
+    # A number given as a string, a flag or a choice given as a number: the
+    # message names the argument and the value, in the one shared form.
+    if name == "reference":
+        bad = 0  # a term name must be a str
+    elif isinstance(default, str):
+        bad = 1.5
+    elif isinstance(default, bool):
+        bad = "yes"
+    else:
+        bad = "0.9"
+    with pytest.raises(ValueError, match=rf"^{name} must be .*, got {name} = {bad!r}"):
+        factory(**_REQUIRED.get(factory.__name__, {}), **{name: bad})

@@ -131,3 +131,28 @@ def test_float16_losses_get_float16_weights():
     method = oil.static_weights({"pde": 1.0, "bc": 3.0})
     weights, _ = method.update(losses, method.init(losses))
     assert weights["bc"].dtype == jnp.float16 and float(weights["bc"]) == 3.0
+
+
+def test_one_number_is_the_weight_of_every_term():
+    losses = {"pde": jnp.asarray(0.5), "bc": {"left": jnp.asarray(2.0)}}
+    method = oil.static_weights(1.0)
+    weights, state = method.update(losses, method.init(losses))
+    assert weights == {"pde": 1.0, "bc": {"left": 1.0}}
+    # The plain sum: 0.5 + 2.0.
+    np.testing.assert_allclose(oil.weighted_sum(losses, weights), 2.5)
+    # With a schedule on one term (by its name, checked against the losses).
+    method = oil.static_weights(
+        2.0, schedules={"pde": optax.linear_schedule(0.0, 1.0, transition_steps=4)}
+    )
+    weights, _ = method.update(losses, method.init(losses))
+    assert float(weights["pde"]) == 0.5 and float(weights["bc"]["left"]) == 2.0
+    with pytest.raises(ValueError, match=r"schedules names the term \['ic'\]"):
+        oil.static_weights(1.0, schedules={"ic": optax.constant_schedule(1.0)}).init(
+            losses
+        )
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "1.0", True])
+def test_bad_single_weight_is_an_error(bad):
+    with pytest.raises(ValueError, match=r"^weights must be a finite number >= 0"):
+        oil.static_weights(bad)
