@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import scan_two_terms
 
 import optax_invloss as oil
 
@@ -101,15 +102,9 @@ def test_zero_losses_keep_the_weights_finite():
 
 
 def test_defaults_run_in_scan():
-    method = oil.dwa()
-    losses = jnp.stack([jnp.linspace(1.0, 0.1, 6), jnp.linspace(0.5, 0.4, 6)], 1)
-
-    def body(state, row):
-        weights, state = method.update({"pde": row[0], "bc": row[1]}, state)
-        return state, weights
-
-    state = method.init({"pde": 0.0, "bc": 0.0})
-    _, weights = jax.jit(lambda s: jax.lax.scan(body, s, losses))(state)
+    _, weights = scan_two_terms(
+        oil.dwa(), jnp.linspace(1.0, 0.1, 6), jnp.linspace(0.5, 0.4, 6)
+    )
     np.testing.assert_allclose(weights["pde"] + weights["bc"], np.full(6, 2.0))
     # bc falls relatively more slowly: it gets the larger weight from step 1 on.
     assert bool(jnp.all(weights["bc"][1:] > weights["pde"][1:]))

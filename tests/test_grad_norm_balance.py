@@ -12,10 +12,11 @@ Step 1: w = (6, 8), so the norms are pde 10, bc 1, ic 4 (sum 15).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import check_weights as check
+from _helpers import run_updates
 
 import optax_invloss as oil
 
@@ -34,22 +35,7 @@ P1 = {"w": jnp.asarray([6.0, 8.0])}
 
 
 def run(method, params_seq, fn=loss_fn):
-    state = method.init(fn(params_seq[0]))
-    update = jax.jit(
-        lambda losses, state, params: method.update(
-            losses, state, params=params, loss_fn=fn
-        )
-    )
-    history = []
-    for params in params_seq:
-        weights, state = update(fn(params), state, params)
-        history.append({k: float(v) for k, v in weights.items()})
-    return history, state
-
-
-def check(got, expected):
-    for k, v in expected.items():
-        np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
+    return run_updates(method, params_seq, fn, loss_fn=fn)
 
 
 def test_paper_sum_two_steps():

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import check_weights as check
+from _helpers import run_updates
 
 import optax_invloss as oil
 
@@ -32,22 +34,7 @@ P1 = {"W": jnp.asarray([[0.3], [0.4]]), "b": jnp.zeros(2)}
 
 
 def run(method, params_seq, fn=loss_fn):
-    state = method.init(fn(params_seq[0]))
-    update = jax.jit(
-        lambda losses, state, params: method.update(
-            losses, state, params=params, loss_fn=fn
-        )
-    )
-    history = []
-    for params in params_seq:
-        weights, state = update(fn(params), state, params)
-        history.append({k: float(v) for k, v in weights.items()})
-    return history, state
-
-
-def check(got, expected):
-    for k, v in expected.items():
-        np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
+    return run_updates(method, params_seq, fn, loss_fn=fn)
 
 
 def test_two_steps_by_hand_with_sgd():

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import check_weights as check
+from _helpers import run_updates
 
 import optax_invloss as oil
 
@@ -49,22 +51,7 @@ P1 = dict(P0, W2=jnp.asarray([[-4.4], [1.0]]))
 
 
 def run(method, params_seq):
-    state = method.init(loss_fn(P0))
-    update = jax.jit(
-        lambda losses, state, params: method.update(
-            losses, state, params=params, loss_fn=loss_fn
-        )
-    )
-    history = []
-    for params in params_seq:
-        weights, state = update(loss_fn(params), state, params)
-        history.append({k: float(v) for k, v in weights.items()})
-    return history, state
-
-
-def check(got, expected):
-    for k, v in expected.items():
-        np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
+    return run_updates(method, params_seq, loss_fn, loss_fn=loss_fn)
 
 
 def test_default_is_the_authors_code_two_steps():

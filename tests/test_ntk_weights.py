@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import check_weights as check
+from _helpers import run_updates
 
 import optax_invloss as oil
 from optax_invloss import _ntk_weights
@@ -43,22 +45,7 @@ P1 = {"w": jnp.asarray([0.5, 2.0])}
 
 
 def run(method, params_seq, fn=residual_fn):
-    state = method.init(losses_of(params_seq[0]))
-    update = jax.jit(
-        lambda losses, state, params: method.update(
-            losses, state, params=params, residual_fn=fn
-        )
-    )
-    history = []
-    for params in params_seq:
-        weights, state = update(losses_of(params), state, params)
-        history.append({k: float(v) for k, v in weights.items()})
-    return history, state
-
-
-def check(got, expected):
-    for k, v in expected.items():
-        np.testing.assert_allclose(got[k], v, rtol=1e-12, err_msg=k)
+    return run_updates(method, params_seq, losses_of, residual_fn=fn)
 
 
 def test_paper_rule_two_steps():

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import scan_two_terms
 
 import optax_invloss as oil
 
@@ -132,15 +133,9 @@ def test_default_key_is_fixed():
 
 
 def test_defaults_run_in_scan_and_sum_to_n():
-    method = oil.relobralo()
-    losses = jnp.stack([jnp.linspace(1.0, 0.1, 12), jnp.linspace(0.5, 0.4, 12)], 1)
-
-    def body(state, row):
-        weights, state = method.update({"pde": row[0], "bc": row[1]}, state)
-        return state, weights
-
-    state = method.init({"pde": 0.0, "bc": 0.0})
-    state, weights = jax.jit(lambda s: jax.lax.scan(body, s, losses))(state)
+    state, weights = scan_two_terms(
+        oil.relobralo(), jnp.linspace(1.0, 0.1, 12), jnp.linspace(0.5, 0.4, 12)
+    )
     np.testing.assert_allclose(
         weights["pde"] + weights["bc"], np.full(12, 2.0), rtol=1e-12
     )

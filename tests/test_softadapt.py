@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import scan_two_terms
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,15 +160,11 @@ def test_beta_zero_gives_equal_weights():
 
 @pytest.mark.parametrize("variant", ["plain", "normalized", "loss_weighted"])
 def test_defaults_run_in_scan_and_sum_to_one(variant):
-    method = oil.softadapt(window=3, variant=variant)
-    losses = jnp.stack([jnp.linspace(1.0, 0.1, 8), jnp.linspace(0.5, 0.4, 8)], 1)
-
-    def body(state, row):
-        weights, state = method.update({"pde": row[0], "bc": row[1]}, state)
-        return state, weights
-
-    state = method.init({"pde": 0.0, "bc": 0.0})
-    state, weights = jax.jit(lambda s: jax.lax.scan(body, s, losses))(state)
+    state, weights = scan_two_terms(
+        oil.softadapt(window=3, variant=variant),
+        jnp.linspace(1.0, 0.1, 8),
+        jnp.linspace(0.5, 0.4, 8),
+    )
     total = weights["pde"] + weights["bc"]
     np.testing.assert_allclose(total, np.ones(8), rtol=1e-12)
     if variant != "loss_weighted":  # which also favours the larger pde loss
