@@ -21,8 +21,12 @@ import optax_invloss as oil
 
 
 def toy_loss_fn(params):
-    """Two terms that pull the parameters different ways, of different scales."""
-    w, b = params["w"], params["b"]
+    """Two terms that pull the parameters different ways, of different scales.
+
+    ``w`` is a 1 x 2 weight matrix, so that the default masks of the
+    gradient-based methods (weight matrices, the last layer) select it.
+    """
+    w, b = params["w"][0], params["b"]
     x = jnp.linspace(-1.0, 1.0, 8, dtype=w.dtype)
     pred = w[0] * x + w[1] * x**2 + b
     return {
@@ -38,7 +42,7 @@ def toy_residual_fn(params):
     ``toy_loss_fn`` (less the constant 1e-3 of ``bc``): the 8 ``pde`` residuals
     are divided by sqrt(8), because the ``pde`` loss is their mean.
     """
-    w, b = params["w"], params["b"]
+    w, b = params["w"][0], params["b"]
     x = jnp.linspace(-1.0, 1.0, 8, dtype=w.dtype)
     pred = w[0] * x + w[1] * x**2 + b
     return {
@@ -49,7 +53,7 @@ def toy_residual_fn(params):
 
 def toy_point_residual_fn(params, points):
     """``toy_residual_fn`` as a function of the points (``TOY_POINTS``)."""
-    w, b = params["w"], params["b"]
+    w, b = params["w"][0], params["b"]
     x = points["pde"].astype(w.dtype)
     pred = w[0] * x + w[1] * x**2 + b
     bc = jnp.sqrt(jnp.asarray(10.0, w.dtype)) * (w[0] + w[1] + b - 1.0)
@@ -64,7 +68,7 @@ TOY_POINTS = {"pde": jnp.linspace(-1.0, 1.0, 8), "bc": jnp.zeros(1)}
 
 
 def toy_params(dtype=jnp.float32):
-    return {"w": jnp.asarray([0.1, -0.2], dtype), "b": jnp.asarray(0.05, dtype)}
+    return {"w": jnp.asarray([[0.1, -0.2]], dtype), "b": jnp.asarray(0.05, dtype)}
 
 
 class MethodCase(NamedTuple):
@@ -96,8 +100,8 @@ def _point_residual_inputs(params, loss_fn):
     }
 
 
-def _vector_leaves(params):
-    """The toy problem has no weight matrix: this mask selects ``w`` (ndim 1)."""
+def _array_leaves(params):
+    """A mask of one's own: the leaves that are not scalars (``w``, not ``b``)."""
     return jax.tree.map(lambda x: jnp.ndim(x) >= 1, params)
 
 
@@ -137,9 +141,10 @@ CASES = [
         lambda: oil.uncertainty_weighting(learning_rate=0.1),
     ),
     MethodCase("dwa_window3", lambda: oil.dwa(temperature=0.1, window=3)),
+    # The default mask (the weight matrix w).
     MethodCase(
         "lr_annealing",
-        lambda: oil.lr_annealing(reference="pde", update_every=1, mask=None),
+        lambda: oil.lr_annealing(reference="pde", update_every=1),
         _loss_gradient_inputs,
     ),
     MethodCase(
@@ -149,14 +154,14 @@ CASES = [
             update_every=3,
             statistic="mean",
             lambda_inside=False,
-            mask=_vector_leaves,
+            mask=_array_leaves,
         ),
         _loss_gradient_inputs,
     ),
     MethodCase(
         "grad_norm_balance_mean_every_2",
         lambda: oil.grad_norm_balance(
-            decay=0.5, update_every=2, reduction="mean", mask=_vector_leaves
+            decay=0.5, update_every=2, reduction="mean", mask=_array_leaves
         ),
         _loss_gradient_inputs,
     ),
@@ -173,5 +178,6 @@ CASES = [
         lambda: oil.ntk_weights(update_every=1, chunk_size=3),
         _point_residual_inputs,
     ),
-    MethodCase("gradnorm", lambda: oil.gradnorm(mask=None), _loss_gradient_inputs),
+    # The default mask (the last layer: w).
+    MethodCase("gradnorm", lambda: oil.gradnorm(), _loss_gradient_inputs),
 ]

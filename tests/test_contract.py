@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import factories, factory_of
 from _methods import CASES, toy_loss_fn, toy_params
 
 import optax_invloss as oil
@@ -23,6 +24,12 @@ IDS = [case.name for case in CASES]
 
 def _update(case, method, losses, state, params, **extra):
     return method.update(losses, state, **case.inputs(params, toy_loss_fn), **extra)
+
+
+def test_every_public_factory_has_a_contract_case():
+    covered = {factory_of(case.make()) for case in CASES}
+    missing = sorted(set(factories()) - covered)
+    assert not missing, f"add a MethodCase to tests/_methods.py for {missing}"
 
 
 @pytest.fixture(params=CASES, ids=IDS)

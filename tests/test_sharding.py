@@ -33,7 +33,7 @@ def _varying(x, axis_name):
 
 def local_losses(params, x, mask):
     """Mean losses over the valid points of ``x`` (mask 1) on this device."""
-    w, b = params["w"], params["b"]
+    w, b = params["w"][0], params["b"]
     pred = w[0] * x + w[1] * x**2 + b
     count = jnp.sum(mask)
     return {
@@ -43,7 +43,7 @@ def local_losses(params, x, mask):
 
 
 def local_residuals(params, x, mask):
-    w, b = params["w"], params["b"]
+    w, b = params["w"][0], params["b"]
     pred = w[0] * x + w[1] * x**2 + b
     return {
         "pde": mask * (pred - jnp.sin(3 * x)),
@@ -53,7 +53,7 @@ def local_residuals(params, x, mask):
 
 def point_residuals(params, points):
     """``local_residuals`` from the points: pde rows (x, mask), one dummy bc point."""
-    w, b = params["w"], params["b"]
+    w, b = params["w"][0], params["b"]
     x, mask = points["pde"][:, 0], points["pde"][:, 1]
     pred = w[0] * x + w[1] * x**2 + b
     return {
