@@ -177,12 +177,16 @@ def state_dtype(losses: Losses) -> jnp.dtype:
     Low-precision losses (bfloat16, float16) are averaged and inverted in float32;
     the weights handed back are cast to each loss's own dtype.
     """
-    # Python scalars are weakly typed: they do not promote the arrays' dtype.
+    # Python scalars are weakly typed: they do not widen the arrays' dtype, and
+    # losses that are all Python floats get JAX's default float. Chosen by
+    # width, without implicit promotion (which strict promotion forbids).
     dtypes = [
-        leaf if isinstance(leaf, float) else _leaf_shape_dtype(leaf)[1]
+        _leaf_shape_dtype(leaf)[1]
         for leaf in jax.tree.leaves(losses)
-    ]
-    return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+        if not isinstance(leaf, float)
+    ] or [jnp.asarray(0.0).dtype]
+    widest = max(dtypes, key=lambda d: jnp.finfo(d).bits)
+    return widest if jnp.finfo(widest).bits >= 32 else jnp.dtype(jnp.float32)
 
 
 def stack(tree: Any, dtype=None) -> jax.Array:

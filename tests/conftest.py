@@ -2,6 +2,12 @@
 
 x64 is on so that hand-computed reference values can be compared tightly; tests that
 check float32 or bfloat16 behaviour build their arrays with an explicit dtype.
+
+Dtype promotion stays "standard" here: optax's own Adam mixes dtypes (decay ** count,
+a float to an int32 power), so every test that trains with it would fail under
+"strict". The contract suite runs each method's update under "strict" instead
+(``tests/test_contract.py::_update``), the two methods with an Optax optimizer inside
+excepted.
 """
 
 import os

@@ -23,7 +23,11 @@ IDS = [case.name for case in CASES]
 
 
 def _update(case, method, losses, state, params, **extra):
-    return method.update(losses, state, **case.inputs(params, toy_loss_fn), **extra)
+    """``method.update``, under strict dtype promotion (see ``MethodCase.strict``)."""
+    promotion = "strict" if case.strict else "standard"
+    with jax.numpy_dtype_promotion(promotion):
+        inputs = case.inputs(params, toy_loss_fn)
+        return method.update(losses, state, **inputs, **extra)
 
 
 def test_every_public_factory_has_a_contract_case():
