@@ -369,22 +369,6 @@ def is_due(step: jax.Array, every: int) -> jax.Array:
     return step % every == 0
 
 
-def safe_ratio(
-    numerator: jax.Array, denominator: jax.Array, temperature: float = 1.0
-) -> jax.Array:
-    """``(numerator / denominator) / temperature`` for non-negative arrays, finite.
-
-    ``0 / 0`` counts as a ratio of 1 (a term that stays at zero has not changed)
-    and ``x / 0`` for ``x > 0`` as the largest finite number of the dtype;
-    results that would overflow are capped at that number too, so that a
-    softmax over the result stays finite.
-    """
-    big = jnp.finfo(jnp.result_type(numerator, denominator)).max
-    positive = denominator > 0
-    ratio = numerator / jnp.where(positive, denominator, 1.0)
-    ratio = jnp.where(positive, ratio, jnp.where(numerator > 0, big, 1.0))
-    return jnp.minimum(jnp.minimum(ratio, big) / temperature, big)
-
 
 # ----------------------------------------------------------------------------------
 # Hyperparameter checks, done once in each factory.

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base
+from optax_invloss import _base, _numerics
 
 
 class DWAState(NamedTuple):
@@ -16,8 +16,9 @@ class DWAState(NamedTuple):
     Attributes:
       loss_weights: the current weights, in the losses' structure (scalars in the
         state dtype: the losses' dtype, at least float32). They sum to ``n``.
-      window_loss_sum: the sum of each loss over the accepted steps of the
-        averaging window in progress.
+      window_loss_sum: the sum of each loss divided by ``window`` over the
+        accepted steps of the averaging window in progress (the window's average
+        once it completes; divided first, so that it cannot overflow).
       latest_average: each loss averaged over the latest complete window,
         :math:`\\bar L(t-1)` in the paper's notation.
       previous_average: each loss averaged over the window before it,
@@ -65,7 +66,9 @@ def dwa(temperature: float = 2.0, window: int = 1) -> _base.WeightingMethod:
     from the second.
 
     Ratios of zero losses: ``0 / 0`` counts as 1 and ``x / 0`` as the largest
-    finite number (that term then takes the whole weight ``n``).
+    finite number (that term then takes the whole weight ``n``). The averages,
+    ratios and softmax stay finite for any finite non-negative losses, up to the
+    dtype's largest value.
 
     The authors' code (``mtan``) averages the losses of each epoch and
     computes the weights at the start of the next, as here with ``window`` =
@@ -125,16 +128,19 @@ def dwa(temperature: float = 2.0, window: int = 1) -> _base.WeightingMethod:
         del inputs
         vector, ok = _base.prepare(losses, state, DWAState)
         step = state.weighting_step
-        window_sum = _base.stack(state.window_loss_sum) + vector
+        # Each loss enters the window's sum divided by the window, so that the
+        # sum is the average when the window completes and cannot overflow.
+        window_sum = _base.stack(state.window_loss_sum) + vector / window
         complete = (step + 1) % window == 0
         latest = _base.stack(state.latest_average)
         previous = jnp.where(complete, latest, _base.stack(state.previous_average))
-        latest = jnp.where(complete, window_sum / window, latest)
+        latest = jnp.where(complete, window_sum, latest)
         window_sum = jnp.where(complete, jnp.zeros_like(window_sum), window_sum)
         # Two averages exist once the second window completes.
         ready = complete & (step + 1 >= 2 * window)
-        scaled = _base.safe_ratio(latest, previous, temperature)
-        weights = vector.shape[0] * jax.nn.softmax(scaled)
+        ratio = _numerics.capped_ratio(latest, previous)
+        logits = _numerics.shifted_logits(ratio, 1.0 / temperature)
+        weights = vector.shape[0] * _numerics.softmax(logits)
         weights = jnp.where(ready, weights, _base.stack(state.loss_weights))
         return _base.finish(
             losses,

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _gradients
+from optax_invloss import _base, _gradients, _numerics
 
 
 class GradNormBalanceState(NamedTuple):
@@ -68,9 +68,14 @@ def grad_norm_balance(
     (``update_every = K``) and held in between; the per-term gradients are only
     computed on those steps (a ``lax.cond`` on the step counter).
 
-    Bad values. A NaN, infinite or negative loss, or a gradient norm that is not
+    Bad values. A NaN, infinite or negative loss, or a gradient that is not
     finite, skips the update (the state is kept, ``skipped_updates`` goes up by
-    one). A term whose gradient is zero keeps its weight.
+    one). A term whose gradient is zero keeps its weight. The norms are computed
+    from gradients scaled by powers of two and only their ratios are formed, so
+    gradients of any finite size give finite weights (norms whose squares, or
+    whose sum, would overflow included). A norm more than the dtype's range
+    below the largest (about 1e-38 times it in float32) counts as zero: its
+    term keeps its weight.
 
     Not to be confused with :func:`optax_invloss.gradnorm` (GradNorm, Chen et
     al. 2018): that method *learns* the weights with their own optimizer, so
@@ -140,9 +145,11 @@ def grad_norm_balance(
             grads = _gradients.term_gradients(
                 loss_fn, params, flags, losses, old.dtype, method=name
             )
-            norms = jnp.sqrt(jnp.stack([_gradients.sum_of_squares(g) for g in grads]))
+            # The norms over a common power of two: their ratios, never their
+            # squares, are what the weights need.
+            norms, _ = _gradients.term_norms(grads)
             total = jnp.sum(norms) if reduction == "sum" else jnp.mean(norms)
-            estimate = _gradients.safe_ratio(total, norms, old)
+            estimate = _numerics.ratio_or(total, norms, old)
             new = decay * old + (1.0 - decay) * estimate
             return new, _gradients.all_finite(norms, new)
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base
+from optax_invloss import _base, _numerics
 
 Mask = Any  # None, a pytree of bools matching params, or params -> such a pytree
 
@@ -210,17 +210,6 @@ def term_gradients(
 # Guarded arithmetic.
 
 
-def safe_ratio(numerator, denominator, fallback):
-    """``numerator / denominator`` where the denominator is > 0, else ``fallback``.
-
-    The division never sees a zero, so neither the value nor its gradient becomes
-    NaN or infinite there (the habit of ``optax.safe_norm``).
-    """
-    positive = denominator > 0
-    safe = jnp.where(positive, denominator, jnp.ones_like(denominator))
-    return jnp.where(positive, numerator / safe, fallback)
-
-
 def update_when_due(
     losses: Any,
     state: Any,
@@ -256,11 +245,19 @@ def update_when_due(
     )
 
 
-def sum_of_squares(leaves: list[jax.Array]) -> jax.Array:
-    """``sum_k ||g_k||^2`` over a list of arrays."""
-    return sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+def term_norms(grads: list[list[jax.Array]]) -> tuple[jax.Array, jax.Array]:
+    r"""Each term's gradient norm :math:`\|g_i\|_2`, as ``(v, E)``: ``v_i 2^E``.
+
+    ``v`` is the vector of norms divided by the power of two of the largest, so
+    it is finite whenever the gradients are and its ratios are the ratios of
+    the norms, even where the norms or their squares overflow: each term's
+    gradient is scaled by a power of two near its largest absolute entry before
+    it is squared. A norm more than the dtype's range below the largest is 0.
+    """
+    parts = [_numerics.scaled_square_norm(g) for g in grads]
+    q = jnp.stack([p[0] for p in parts])
+    e = jnp.stack([p[1] for p in parts])
+    return _numerics.common_scale(_numerics.hypot_mantissa(q), e)
 
 
-def all_finite(*arrays) -> jax.Array:
-    """True when every entry of every array is finite."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+all_finite = _numerics.all_finite

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base, _gradients
+from optax_invloss import _base, _gradients, _numerics
 
 
 class GradNormState(NamedTuple):
@@ -37,6 +37,26 @@ class GradNormState(NamedTuple):
     weight_optimizer_leaves: tuple
     weighting_step: jax.Array  # shape=(), dtype=jnp.int32.
     skipped_updates: jax.Array  # shape=(), dtype=jnp.int32.
+
+
+def relative_rates(losses: jax.Array, initial: jax.Array) -> jax.Array:
+    r"""The rates :math:`r_i = \tilde L_i / \operatorname{mean}_j \tilde L_j`.
+
+    Here :math:`\tilde L_i = L_i / L_i(0)`.
+    A zero :math:`L_i(0)` gives :math:`\tilde L_i = 1`. The ratios are formed
+    from mantissas and power-of-two exponents, so that they do not overflow
+    when the losses span the dtype's range (:math:`3 \cdot 10^{38} / 10^{-30}`
+    in float32): only the rates, at most :math:`n`, are ever formed.
+    """
+    e_now = _numerics.exponent(losses)
+    e_initial = _numerics.exponent(initial)
+    now = _numerics.scale_by_pow2(losses, -e_now)
+    start = _numerics.scale_by_pow2(initial, -e_initial)
+    positive = start > 0
+    mantissa = jnp.where(positive, now / jnp.where(positive, start, 1.0), 1.0)
+    exponents = jnp.where(positive, e_now - e_initial, 0)
+    v, _ = _numerics.common_scale(mantissa, exponents)
+    return v / jnp.mean(v)
 
 
 def gradnorm(
@@ -88,10 +108,17 @@ def gradnorm(
     terms), its output layer; :func:`optax_invloss.last_layer_mask` finds it by
     name, and ``mask=`` takes any other subset.
 
-    Bad values. A NaN, infinite or negative loss, or a gradient norm or weight
-    that is not finite, skips the update (the state, the weights' optimizer state
-    included, is kept; ``skipped_updates`` goes up by one). A zero
-    :math:`L_i(0)` gives :math:`\tilde L_i = 1`.
+    Bad values. A NaN, infinite or negative loss, or a gradient norm, weight or
+    entry of the weights' optimizer state that is not finite, skips the update
+    (the state, the weights' optimizer state included, is kept;
+    ``skipped_updates`` goes up by one). A zero :math:`L_i(0)` gives
+    :math:`\tilde L_i = 1`. The norms are computed from gradients scaled by
+    powers of two and the rates from ratios in scaled form, so both are finite
+    for any finite gradients and losses. The gradient of :math:`L_{\mathrm{grad}}`
+    with respect to the weights is in the units of the gradient norms, as in
+    the paper; an optimizer that squares it (Adam, the default) overflows
+    float32 for norms above about 1.8e19 (the square root of its largest
+    value), and those updates are skipped and counted rather than stored.
 
     Not to be confused with :func:`optax_invloss.grad_norm_balance` (Wang et al.
     2023): that method sets each weight in closed form to the ratio of the sum
@@ -177,9 +204,11 @@ def gradnorm(
             grads = _gradients.term_gradients(
                 loss_fn, params, flags, losses, old.dtype, method=name
             )
-            norms = jnp.sqrt(jnp.stack([_gradients.sum_of_squares(g) for g in grads]))
-            ratio = _gradients.safe_ratio(vector, initial, jnp.ones_like(vector))
-            rate = _gradients.safe_ratio(ratio, jnp.mean(ratio), jnp.ones_like(ratio))
+            # The norms over a common power of two, brought back to their own
+            # scale (finite up to the dtype's largest value: their squares are
+            # never formed), and the rates from loss ratios in scaled form.
+            norms = _numerics.scale_by_pow2(*_gradients.term_norms(grads))
+            rate = relative_rates(vector, initial)
 
             def weight_loss(w):
                 g = w * norms
@@ -193,7 +222,7 @@ def gradnorm(
             new = jnp.maximum(optax.apply_updates(old, step), 0.0)
             total = jnp.sum(new)
             new = jnp.where(total > 0, n * new / jnp.where(total > 0, total, 1.0), 1.0)
-            finite = _gradients.all_finite(norms, new)
+            finite = _gradients.all_finite(norms, new, *jax.tree.leaves(opt_leaves))
             return new.astype(old.dtype), finite, (opt_leaves,)
 
         return _gradients.update_when_due(

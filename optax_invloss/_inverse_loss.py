@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _simplex
+from optax_invloss import _base, _numerics, _simplex
 
 
 class InverseLossState(NamedTuple):
@@ -38,6 +38,22 @@ def inverse_weights(losses: jax.Array, eps: float) -> jax.Array:
     clamped = jnp.maximum(losses, eps)
     ratio = jnp.min(clamped) / clamped
     return ratio / jnp.sum(ratio)
+
+
+def capped_inverse_weights(
+    losses: jax.Array, eps: float, lo: float, hi: float
+) -> jax.Array:
+    """:func:`inverse_weights` projected onto the caps ``[lo, hi]`` (sum 1).
+
+    The inverses ``1 / max(L_i, eps)`` are handed to the projection as mantissa
+    and power-of-two exponent, so that losses spanning the whole range of the
+    dtype (0 to 3e38 in float32, whose inverses' ratios would underflow) still
+    give weights that sum to 1 within the caps.
+    """
+    clamped = jnp.maximum(losses, eps)
+    e = _numerics.exponent(clamped)
+    mantissa = 1.0 / _numerics.scale_by_pow2(clamped, -e)  # in (1, 2]
+    return _simplex.project_capped_simplex(mantissa, -e, lo, hi)
 
 
 def inverse_loss(
@@ -199,10 +215,11 @@ def inverse_loss(
         average = jnp.where(
             step == 0, vector, ema_decay * average + (1.0 - ema_decay) * vector
         )
-        weights = inverse_weights(average, eps)
         lo, hi = caps(vector.shape[0])
         if lo > 0.0 or hi < 1.0:
-            weights = _simplex.project_capped_simplex(weights, lo, hi)
+            weights = capped_inverse_weights(average, eps, lo, hi)
+        else:
+            weights = inverse_weights(average, eps)
         weights = jnp.where(
             _base.is_due(step, update_every), weights, _base.stack(state.loss_weights)
         )

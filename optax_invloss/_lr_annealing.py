@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _gradients
+from optax_invloss import _base, _gradients, _numerics
 
 
 class LRAnnealingState(NamedTuple):
@@ -32,14 +32,18 @@ class LRAnnealingState(NamedTuple):
 _STATISTICS = ("max", "mean")
 
 
-def _leaf_mean_abs(grads: list[jax.Array]) -> jax.Array:
-    """The mean over leaves (layers) of each leaf's mean absolute value."""
-    return jnp.mean(jnp.stack([jnp.mean(jnp.abs(g)) for g in grads]))
+def _statistics(grads: list[jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(max, mean, e)`` of one term's gradient, both statistics times ``2**-e``.
 
-
-def _leaf_max_abs(grads: list[jax.Array]) -> jax.Array:
-    """The largest absolute value over all leaves."""
-    return jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in grads]))
+    ``max`` is the largest absolute entry over all leaves, ``mean`` the mean over
+    leaves (layers) of each leaf's mean absolute value. The leaves are scaled by
+    one power of two first (:func:`_numerics.scaled_leaves`), so that the sums
+    behind the means cannot overflow.
+    """
+    scaled, e = _numerics.scaled_leaves(grads)
+    largest = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in scaled]))
+    mean = jnp.mean(jnp.stack([jnp.mean(jnp.abs(g)) for g in scaled]))
+    return largest, mean, e
 
 
 def lr_annealing(
@@ -94,10 +98,13 @@ def lr_annealing(
     computed on those steps (a ``lax.cond`` on the step counter), so ``K = 10``
     costs about a tenth of ``K = 1``.
 
-    Bad values. A NaN, infinite or negative loss, or a gradient statistic that is
-    not finite, skips the update (the state is kept, ``skipped_updates`` goes up
-    by one). A term whose gradient is zero on the selected parameters keeps its
-    weight (the ratio is not defined there).
+    Bad values. A NaN, infinite or negative loss, or a gradient that is not
+    finite, skips the update (the state is kept, ``skipped_updates`` goes up by
+    one). A term whose gradient is zero on the selected parameters keeps its
+    weight (the ratio is not defined there). The statistics are computed from
+    gradients scaled by powers of two and only their ratio is formed, so
+    gradients of any finite size give finite weights; a weight beyond the
+    dtype's range (a ratio above about 3e38 in float32) skips the update.
 
     Args:
       reference: the name of the reference term, whose weight stays 1: its key in
@@ -189,17 +196,20 @@ def lr_annealing(
             grads = _gradients.term_gradients(
                 loss_fn, params, flags, losses, dtype, method=name
             )
-            if statistic == "max":
-                numerator = _leaf_max_abs(grads[ref])
-            else:
-                numerator = _leaf_mean_abs(grads[ref])
-            denominator = jnp.stack([_leaf_mean_abs(g) for g in grads])
-            if lambda_inside:
-                denominator = old * denominator
-            estimate = _gradients.safe_ratio(numerator, denominator, old)
+            # Each statistic is m 2^e with m of moderate size: the ratio is
+            # formed from the m's and the e's, never from sums that overflow.
+            stats = [_statistics(g) for g in grads]
+            largest, mean, e = (jnp.stack(x) for x in zip(*stats, strict=True))
+            numerator = largest[ref] if statistic == "max" else mean[ref]
+            denominator = old * mean if lambda_inside else mean
+            # No ratio for a zero gradient (or weight): the weight is kept.
+            ratio = _numerics.ratio_or(numerator, denominator, 1.0)
+            estimate = jnp.where(
+                denominator > 0, _numerics.scale_by_pow2(ratio, e[ref] - e), old
+            )
             new = decay * old + (1.0 - decay) * estimate
             new = new.at[ref].set(1.0)
-            return new, _gradients.all_finite(numerator, denominator, new)
+            return new, _gradients.all_finite(largest, mean, new)
 
         return _gradients.update_when_due(losses, state, ok, update_every, compute)
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_invloss import _base, _gradients
+from optax_invloss import _base, _gradients, _numerics
 
 
 class NTKWeightsState(NamedTuple):
@@ -42,14 +42,55 @@ def kernel_traces(
 ) -> tuple[jax.Array, np.ndarray]:
     r"""The NTK trace of each term, :math:`\sum_k \|\partial r_k/\partial\theta\|^2`.
 
+    Returns ``(traces, counts)``: the traces as a vector in the losses' leaf
+    order, in ``dtype`` (``inf`` where a trace overflows it), and the number of
+    residual entries of each term (a NumPy array). See
+    :func:`scaled_kernel_traces`, which the weights are computed from.
+    """
+    (mantissa, exponent), counts = scaled_kernel_traces(
+        residual_fn,
+        params,
+        flags,
+        losses,
+        dtype,
+        chunk_size=chunk_size,
+        method=method,
+        points=points,
+    )
+    return _numerics.scale_by_pow2(mantissa, 2 * exponent), counts
+
+
+def _row_traces(q: jax.Array, e: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The sum of rows' squared norms ``q_k 4^(e_k)``, as ``(t, E)``: ``t 4^E``."""
+    v, top = _numerics.common_scale(q, e, power=2)
+    return jnp.sum(v), top
+
+
+def scaled_kernel_traces(
+    residual_fn: Callable,
+    params: Any,
+    flags: list[bool],
+    losses: Any,
+    dtype,
+    *,
+    chunk_size: int | None,
+    method: str = "ntk_weights",
+    points: Any = None,
+) -> tuple[jax.Array, np.ndarray]:
+    r"""The NTK trace of each term, :math:`\sum_k \|\partial r_k/\partial\theta\|^2`.
+
     With ``points``, see :func:`_point_traces`. Without: one forward pass of
     ``residual_fn`` (a ``jax.vjp``), then one vector-Jacobian product per residual
     entry with a one-hot cotangent, which is the row
     :math:`\partial r_k / \partial\theta` of the Jacobian; each term's rows are
     computed ``chunk_size`` at a time (``jax.lax.map`` with ``batch_size``; all
     at once when ``chunk_size`` is None or covers the term). Returns
-    ``(traces, counts)``: the traces as a vector in the losses' leaf order, in
-    ``dtype``, and the number of residual entries of each term (a NumPy array).
+    ``((t, E), counts)``: the traces are ``t * 4**E`` (``t`` a vector in the
+    losses' leaf order, in ``dtype``; ``E`` one int32 exponent), so that they
+    neither overflow nor lose their ratios when the Jacobian's entries are
+    large: each row is scaled by a power of two near its largest entry before
+    it is squared. ``counts`` is the number of residual entries of each term (a
+    NumPy array).
     """
     if points is not None:
         return _point_traces(
@@ -64,7 +105,7 @@ def kernel_traces(
     def term_trace(i, residual):
         size = int(np.size(residual))
         if size == 0:
-            return jnp.zeros((), dtype)
+            return jnp.zeros((), dtype), jnp.zeros((), jnp.int32)
 
         def row_square_norm(k):
             # The one-hot cotangent of entry k of term i, zero elsewhere. It is
@@ -74,11 +115,14 @@ def kernel_traces(
             cotangent = [jnp.zeros_like(leaf) for leaf in leaves]
             cotangent[i] = cotangent[i] + one_hot.astype(residual.dtype)
             (row,) = vjp_fn(jax.tree.unflatten(treedef, cotangent))
-            return _gradients.sum_of_squares([r.astype(dtype) for r in row])
+            return _numerics.scaled_square_norm([r.astype(dtype) for r in row])
 
-        return jnp.sum(_map_rows(row_square_norm, jnp.arange(size), chunk_size))
+        return _row_traces(*_map_rows(row_square_norm, jnp.arange(size), chunk_size))
 
-    traces = jnp.stack([term_trace(i, r) for i, r in enumerate(leaves)])
+    parts = [term_trace(i, r) for i, r in enumerate(leaves)]
+    traces = _numerics.common_scale(
+        jnp.stack([t for t, _ in parts]), jnp.stack([e for _, e in parts]), power=2
+    )
     return traces, np.asarray([np.size(r) for r in leaves])
 
 
@@ -145,7 +189,7 @@ def _point_traces(
 
     def term_trace(i: int) -> jax.Array:
         if np.size(flat[i][1]) == 0:
-            return jnp.zeros((), dtype)
+            return jnp.zeros((), dtype), jnp.zeros((), jnp.int32)
 
         def row_square_norm(x):
             # The other terms get one dummy point each: their residuals are
@@ -161,12 +205,15 @@ def _point_traces(
                 return jax.tree.leaves(residual_fn(g(sel), one))[i]
 
             rows = jax.jacrev(residual)(selected)
-            return _gradients.sum_of_squares([r.astype(dtype) for r in rows])
+            return _numerics.scaled_square_norm([r.astype(dtype) for r in rows])
 
         xs = _replicated(jnp.asarray(point_leaves[i]))
-        return jnp.sum(_map_rows(row_square_norm, xs, chunk_size))
+        return _row_traces(*_map_rows(row_square_norm, xs, chunk_size))
 
-    traces = jnp.stack([term_trace(i) for i in range(len(point_leaves))])
+    parts = [term_trace(i) for i in range(len(point_leaves))]
+    traces = _numerics.common_scale(
+        jnp.stack([t for t, _ in parts]), jnp.stack([e for _, e in parts]), power=2
+    )
     return traces, np.asarray([np.size(shape) for _, shape in flat])
 
 
@@ -235,9 +282,14 @@ def ntk_weights(
     (``update_every = K``) and held in between; the Jacobians are only computed
     on those steps (a ``lax.cond`` on the step counter).
 
-    Bad values. A NaN, infinite or negative loss, or a trace that is not finite,
-    skips the update (the state is kept, ``skipped_updates`` goes up by one). A
-    term whose trace is zero keeps its weight.
+    Bad values. A NaN, infinite or negative loss, or a Jacobian that is not
+    finite, skips the update (the state is kept, ``skipped_updates`` goes up by
+    one). A term whose trace is zero keeps its weight. The traces are summed
+    from Jacobian rows scaled by powers of two and only their ratios are
+    formed, so Jacobians of any finite size give finite weights (traces that
+    overflow the dtype included). A trace more than the dtype's range below the
+    largest (about 1e-38 times it in float32) counts as zero: its term keeps
+    its weight.
 
     Args:
       update_every: recompute the weights every ``update_every`` accepted updates.
@@ -327,7 +379,7 @@ def ntk_weights(
         flags = _gradients.selected_leaves(params, mask, method=name)
 
         def compute():
-            traces, counts = kernel_traces(
+            (traces, _), counts = scaled_kernel_traces(
                 residual_fn,
                 params,
                 flags,
@@ -339,7 +391,8 @@ def ntk_weights(
             )
             if per_point:
                 traces = traces / jnp.asarray(counts, traces.dtype)
-            estimate = _gradients.safe_ratio(jnp.sum(traces), traces, old)
+            # The traces over one common power of two: only their ratios count.
+            estimate = _numerics.ratio_or(jnp.sum(traces), traces, old)
             new = decay * old + (1.0 - decay) * estimate
             return new, _gradients.all_finite(traces, new)
 

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base
+from optax_invloss import _base, _numerics
 
 
 class ReLoBRaLoState(NamedTuple):
@@ -62,8 +62,9 @@ def _typed_key(key) -> jax.Array:
 
 def balance(losses: jax.Array, reference: jax.Array, temperature: float):
     """``n * softmax(L_i / (T * L_i(ref)))``; see :func:`optax_invloss.relobralo`."""
-    ratio = _base.safe_ratio(losses, reference, temperature)
-    return losses.shape[0] * jax.nn.softmax(ratio)
+    ratio = _numerics.capped_ratio(losses, reference)
+    logits = _numerics.shifted_logits(ratio, 1.0 / temperature)
+    return losses.shape[0] * _numerics.softmax(logits)
 
 
 def relobralo(

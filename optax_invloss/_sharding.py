@@ -19,16 +19,24 @@ def global_mean(losses: Any, axis_name: Any, counts: Any = None) -> Any:
     device's loss is a mean over ``counts`` points (a scalar, or a pytree like
     ``losses`` with one count per term), and the global mean is
     :math:`\sum_d c_d L_d / \sum_d c_d`, which is right for any split of the batch.
+    Both are summed as :math:`\sum_d (c_d / \sum_e c_e) L_d`, so losses up to
+    the dtype's largest value do not overflow the sum.
     """
+    # Each device's loss is multiplied by its share of the points (1 / devices,
+    # or count / total count) before the sum, so that the sum of losses near the
+    # dtype's largest value cannot overflow: it is a convex combination.
     if counts is None:
-        return jax.lax.pmean(losses, axis_name)
+        devices = jax.lax.psum(1, axis_name)
+        return jax.tree.map(
+            lambda loss: jax.lax.psum(loss / devices, axis_name), losses
+        )
     if not isinstance(counts, dict | list | tuple):
         counts = jax.tree.map(lambda _: counts, losses)
 
     def reduce(loss, count):
         count = jnp.asarray(count, jnp.asarray(loss).dtype)
-        total = jax.lax.psum(jnp.stack([loss * count, count]), axis_name)
-        return total[0] / total[1]
+        share = count / jax.lax.psum(count, axis_name)
+        return jax.lax.psum(loss * share, axis_name)
 
     return jax.tree.map(reduce, losses, counts)
 

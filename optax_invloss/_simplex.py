@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+from optax_invloss import _numerics
 
 
 def check_caps(n: int, min_weight: float, max_weight: float) -> None:
@@ -17,28 +21,54 @@ def check_caps(n: int, min_weight: float, max_weight: float) -> None:
         )
 
 
-def project_capped_simplex(v: jax.Array, lo: float, hi: float) -> jax.Array:
+def project_capped_simplex(
+    mantissa: jax.Array, exponent: jax.Array, lo: float, hi: float
+) -> jax.Array:
     r"""Scales and clips positive weights onto ``{w : sum w = 1, lo <= w_i <= hi}``.
 
-    Returns :math:`w_i = \mathrm{clip}(c\, v_i, lo, hi)` with the one scale
-    :math:`c > 0` that makes the weights sum to 1. This is the exact projection of
-    ``v`` onto the capped simplex in the Kullback-Leibler divergence (the
-    minimiser of :math:`\sum_i w_i \log(w_i / v_i)` under the constraints), so the
-    weights that are not on a cap keep their ratios: for inverse-loss weights,
+    The weights are given as :math:`v_i = m_i 2^{e_i}` (``mantissa`` positive
+    and of moderate size, ``exponent`` int32), so that weights whose ratios
+    span more than the dtype's range (inverse losses from 0 to 3e38 in
+    float32) are represented without underflow. Returns
+    :math:`w_i = \mathrm{clip}(c\, v_i, lo, hi)` with the one scale :math:`c > 0`
+    that makes the weights sum to 1. This is the exact projection of ``v`` onto
+    the capped simplex in the Kullback-Leibler divergence (the minimiser of
+    :math:`\sum_i w_i \log(w_i / v_i)` under the constraints), so the weights
+    that are not on a cap keep their ratios: for inverse-loss weights,
     :math:`w_i \propto 1/L_i` still holds among the uncapped terms.
 
-    :math:`g(c) = \sum_i \mathrm{clip}(c v_i, lo, hi)` is non-decreasing and
-    piecewise linear in :math:`c`, with kinks at :math:`lo / v_i` and
-    :math:`hi / v_i`; ``c`` is found exactly by evaluating :math:`g` at the kinks
-    and interpolating linearly on the segment where it crosses 1. The caller
-    guarantees ``v > 0`` and ``n * lo <= 1 <= n * hi``.
+    :math:`g(c) = \sum_i \mathrm{clip}(c v_i, lo, hi)` is non-decreasing in
+    :math:`c`, with kinks at :math:`lo / v_i` and :math:`hi / v_i`. The kinks
+    are sorted in the log domain (:math:`\log lo - \log v_i`, all finite), the
+    last one with :math:`g \le 1` gives the segment that holds the solution and
+    with it which terms sit on the floor, which on the ceiling and which are
+    free; the free terms then share what the caps leave,
+    :math:`1 - lo\, n_{lo} - hi\, n_{hi}`, in the ratios of their :math:`v_i`,
+    computed from the mantissas brought to a common exponent (exact ratios,
+    no logarithms). The caller guarantees ``n * lo <= 1 <= n * hi``.
     """
-    kinks = jnp.sort(jnp.concatenate([lo / v, hi / v]))
-    g = jnp.sum(jnp.clip(kinks[:, None] * v[None, :], lo, hi), axis=1)
+    n = mantissa.shape[0]
+    dtype = mantissa.dtype
+    log_v = jnp.log(mantissa) + exponent.astype(dtype) * jnp.log(
+        jnp.asarray(2.0, dtype)
+    )
+    lower = (math.log(lo) if lo > 0 else -jnp.inf) - log_v
+    upper = math.log(hi) - log_v
+    kinks = jnp.sort(jnp.concatenate([lower, upper]))
+    g = jnp.sum(jnp.clip(jnp.exp(kinks[:, None] + log_v[None, :]), lo, hi), axis=1)
     # The last kink with g <= 1; g(first kink) = n * lo <= 1 by construction.
-    k = jnp.clip(jnp.sum(g <= 1.0) - 1, 0, kinks.shape[0] - 2)
-    c0, c1 = kinks[k], kinks[k + 1]
-    g0, g1 = g[k], g[k + 1]
-    slope = jnp.where(g1 > g0, (c1 - c0) / jnp.where(g1 > g0, g1 - g0, 1.0), 0.0)
-    c = c0 + (1.0 - g0) * slope
-    return jnp.clip(c * v, lo, hi)
+    k = jnp.clip(jnp.sum(g <= 1.0) - 1, 0, 2 * n - 2)
+    start, end = kinks[k], kinks[k + 1]
+    # On the segment (start, end): a term is on the floor if its lower kink is
+    # at or after the end, on the ceiling if its upper kink is at or before the
+    # start, free otherwise.
+    at_lo = (lower >= end) if lo > 0 else jnp.zeros((n,), bool)
+    at_hi = (upper <= start) & ~at_lo
+    free = ~at_lo & ~at_hi
+    rest = 1.0 - lo * jnp.sum(at_lo) - hi * jnp.sum(at_hi)
+    top = jnp.max(jnp.where(free, exponent, jnp.iinfo(jnp.int32).min))
+    shares = jnp.where(free, _numerics.scale_by_pow2(mantissa, exponent - top), 0.0)
+    total = jnp.sum(shares)
+    shares = shares / jnp.where(total > 0, total, 1.0)
+    w = jnp.where(at_lo, lo, jnp.where(at_hi, hi, rest * shares))
+    return jnp.clip(w, lo, hi).astype(dtype)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base
+from optax_invloss import _base, _numerics
 
 _VARIANTS = ("plain", "normalized", "loss_weighted")
 
@@ -128,6 +128,17 @@ def softadapt(
     :math:`m = 2`, 4 for :math:`m = 3` and 10.7 for :math:`m = 5`. With
     stochastic (minibatch) losses a small window is safer.
 
+    Rounding and range. A slope no larger than the rounding error of its
+    stencil, :math:`|s_i| \le (m + 1)\, \varepsilon \sum_j |c_j|\,
+    L_i(t - m + 1 + j)` (:math:`\varepsilon` the machine epsilon of the state
+    dtype: 1.2e-7 in float32), counts as exactly 0. So a constant loss has slope
+    0 at every window, and when every loss is constant the plain and normalized
+    variants give exactly equal weights (without it, the rounding of the
+    four-point stencil left slopes like -1.2e-7 that the normalized variant
+    blew up to -1). The slopes, logits and means are computed from the losses
+    scaled by powers of two, so any finite non-negative losses, up to the
+    dtype's largest value, give finite weights that sum to 1.
+
     Bad values. If any loss is NaN, infinite or negative, the update is skipped:
     the weights, the window and the step counter keep their values and
     ``skipped_updates`` goes up by one.
@@ -191,20 +202,26 @@ def softadapt(
         )
 
     def slope_weights(history):
-        # history: (n, window), oldest value first.
-        slopes = history @ jnp.asarray(stencil, history.dtype)
-        n = history.shape[0]
+        # history: (n, window), oldest value first. The slopes come as v * 2^E
+        # (v of moderate size), so losses near the dtype's largest value
+        # neither overflow the stencil nor the softmax's logits.
+        v, scale = _numerics.slopes(history, stencil)
         if variant == "normalized":
-            total = jnp.sum(jnp.abs(slopes))
-            slopes = slopes / jnp.where(total > 0, total, 1.0)
-        weights = jax.nn.softmax(beta * slopes)
+            total = jnp.sum(jnp.abs(v))
+            v = v / jnp.where(total > 0, total, 1.0)
+            return _numerics.softmax(_numerics.shifted_logits(v, beta))
+        logits = _numerics.shifted_logits(v, beta, scale)
         if variant == "loss_weighted":
-            weighted = jnp.mean(history, axis=1) * weights
-            total = jnp.sum(weighted)
-            weights = jnp.where(
-                total > 0, weighted / jnp.where(total > 0, total, 1.0), 1.0 / n
+            # w_i ∝ mean_i exp(logit_i): the means enter as log-means, from the
+            # history scaled by a power of two (so the mean cannot overflow).
+            peak = _numerics.peak_exponent(history)
+            means = jnp.mean(_numerics.scale_by_pow2(history, -peak), axis=1)
+            positive = means > 0
+            log_means = jnp.where(
+                positive, jnp.log(jnp.where(positive, means, 1.0)), -jnp.inf
             )
-        return weights
+            logits = jnp.where(positive, logits + log_means, -jnp.inf)
+        return _numerics.softmax(logits)
 
     def update(losses, state, **inputs):
         del inputs

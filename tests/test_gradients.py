@@ -13,7 +13,7 @@ import pytest
 from _methods import toy_loss_fn, toy_params, toy_residual_fn
 
 import optax_invloss as oil
-from optax_invloss import _gradients
+from optax_invloss import _gradients, _numerics
 
 
 def test_weight_matrix_mask_selects_leaves_with_two_or_more_dims():
@@ -130,13 +130,13 @@ def test_term_gradients_loss_fn_structure_must_match():
         )
 
 
-def test_safe_ratio_never_divides_by_zero():
+def test_ratio_or_never_divides_by_zero():
     num, den = jnp.asarray(3.0), jnp.asarray([2.0, 0.0, -1.0])
     np.testing.assert_array_equal(
-        _gradients.safe_ratio(num, den, jnp.asarray(7.0)), [1.5, 7.0, 7.0]
+        _numerics.ratio_or(num, den, jnp.asarray(7.0)), [1.5, 7.0, 7.0]
     )
     # The gradient through the unselected branch stays finite too.
-    g = jax.grad(lambda d: _gradients.safe_ratio(1.0, d, 0.0))(0.0)
+    g = jax.grad(lambda d: _numerics.ratio_or(1.0, d, 0.0))(0.0)
     assert bool(jnp.isfinite(g))
 
 
