@@ -332,3 +332,110 @@ def test_adam_then_lbfgs_recipe():
         if policy != "log":
             total = oil.weighted_sum(loss_fn(new_params), adam_weights)
             assert float(total) < float(adam_total), policy
+
+
+# ----------------------------------------------------------------------------------
+# Failed line searches: the step is rejected, the phase never rises.
+
+# One trial step per line search: on the toy problem it often finds no
+# sufficient decrease (Optax then returns that trial step anyway).
+SHORT_LINESEARCH = optax.lbfgs(
+    linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=1)
+)
+
+
+@pytest.mark.parametrize("policy", ["frozen", "log"])
+def test_failed_line_searches_are_rejected_and_the_phase_never_rises(policy):
+    params = net_params()
+    state = first_weights_state(BARE, params)
+    extra = {"eps": 1e-8} if policy == "log" else {}
+    new_params, _, info = oil.run_lbfgs(
+        loss_fn,
+        params,
+        state,
+        iterations=24,
+        policy=policy,
+        optimizer=SHORT_LINESEARCH,
+        **extra,
+    )
+    objective, after = np.asarray(info.objective), np.asarray(info.objective_after)
+    failed, rejected = np.asarray(info.linesearch_failed), np.asarray(info.rejected)
+    stopped = np.asarray(info.stopped)
+    assert failed.any(), "the short line search should fail on this problem"
+    # No iteration ends above where it started, so neither does the phase.
+    assert np.all(after <= objective)
+    assert after[-1] <= objective[0]
+    # Every failed line search was rejected, and a rejected step kept the iterate.
+    assert np.all(rejected[failed])
+    np.testing.assert_array_equal(after[rejected], objective[rejected])
+    # The record is the objective at the parameters returned.
+    if policy == "log":
+        value_fn = oil.log_objective(loss_fn, eps=1e-8)
+    else:
+        value_fn = oil.weighted_objective(loss_fn, oil.loss_weights(state))
+    np.testing.assert_allclose(after[-1], value_fn(new_params), rtol=1e-10)
+    # Stopped exactly from the iteration after the second rejection in a row,
+    # and for good (no refresh in these policies).
+    pairs = np.flatnonzero(rejected[:-1] & rejected[1:])
+    if pairs.size:
+        first = pairs[0] + 2
+        np.testing.assert_array_equal(np.flatnonzero(stopped), np.arange(first, 24))
+        assert not rejected[stopped].any()
+    else:
+        assert not stopped.any()
+
+
+def test_refreshed_policy_with_failed_line_searches_never_rises_between_refreshes():
+    params = net_params()
+    state = first_weights_state(BARE, params)
+    _, _, info = oil.run_lbfgs(
+        loss_fn,
+        params,
+        state,
+        iterations=ITERATIONS,
+        policy="refreshed",
+        method=BARE,
+        refresh_every=REFRESH,
+        optimizer=SHORT_LINESEARCH,
+    )
+    objective, after = np.asarray(info.objective), np.asarray(info.objective_after)
+    assert np.all(after <= objective)
+    # Each stretch on one objective ends at or below where it started.
+    for start in range(0, ITERATIONS, REFRESH):
+        assert after[start + REFRESH - 1] <= objective[start]
+    # A refresh that changed the weights starts a stopped phase again.
+    stopped = np.asarray(info.stopped)
+    if np.asarray(info.refreshed)[REFRESH]:
+        assert not stopped[REFRESH]
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        oil.lr_annealing(reference="fit", update_every=10),
+        oil.inverse_loss(update_every=10),
+        oil.sharded(oil.grad_norm_balance(update_every=10), "data"),
+    ],
+    ids=["lr_annealing", "inverse_loss", "sharded"],
+)
+def test_refreshed_policy_with_a_method_that_holds_its_weights_is_an_error(method):
+    params = net_params()
+    state = first_weights_state(oil.inverse_loss(), params)
+    with pytest.raises(ValueError, match=r"cannot refresh as asked.*update_every=10"):
+        oil.run_lbfgs(
+            loss_fn,
+            params,
+            state,
+            iterations=30,
+            policy="refreshed",
+            method=method,
+            refresh_every=10,
+        )
+
+
+@pytest.mark.parametrize("weight_rtol", [-1e-3, "1e-4"])
+def test_run_lbfgs_checks_weight_rtol(weight_rtol):
+    params = net_params()
+    state = first_weights_state(oil.inverse_loss(), params)
+    with pytest.raises((TypeError, ValueError), match="weight_rtol must be"):
+        oil.run_lbfgs(loss_fn, params, state, iterations=3, weight_rtol=weight_rtol)

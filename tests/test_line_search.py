@@ -9,6 +9,7 @@ import optax
 import pytest
 from _toy_net import (
     BARE,
+    DEFAULT,
     LINESEARCH_RTOL,
     lbfgs_steps,
     loss_fn,
@@ -277,3 +278,63 @@ def test_flax_nnx_optimizer_with_lbfgs():
     assert float(oil.weighted_sum(last, oil.loss_weights(optimizer))) < float(
         oil.weighted_sum(first, oil.loss_weights(optimizer))
     )
+
+
+@pytest.mark.parametrize(
+    "line_search",
+    [
+        optax.lbfgs(),
+        optax.chain(
+            optax.sgd(1e-2),
+            optax.scale_by_backtracking_linesearch(max_backtracking_steps=4),
+        ),
+    ],
+    ids=["lbfgs", "backtracking"],
+)
+def test_line_search_updated_like_adam_points_to_run_lbfgs(line_search):
+    params = net_params()
+    tx = oil.with_weighting(line_search, BARE, losses=loss_fn(params))
+    grads = jax.grad(lambda p: sum(loss_fn(p).values()))(params)
+    with pytest.raises(TypeError, match=r"run_lbfgs.*weighted_objective") as err:
+        tx.update(grads, tx.init(params), params, losses=loss_fn(params))
+    assert "'value_fn'" in str(err.value)  # Optax's own message is kept
+
+
+def test_with_weighting_starts_from_a_given_weighting_state():
+    params = net_params()
+    adam = oil.with_weighting(optax.adam(1e-2), DEFAULT, losses=loss_fn(params))
+    _, adam_state = adam.update(
+        jax.tree.map(jnp.zeros_like, params),
+        adam.init(params),
+        params,
+        losses=loss_fn(params),
+    )
+    tx = oil.with_weighting(
+        optax.lbfgs(), DEFAULT, loss_fn(params), weighting_state=adam_state
+    )
+    state = tx.init(params)
+    for a, b in zip(
+        jax.tree.leaves(state.weighting_state),
+        jax.tree.leaves(adam_state.weighting_state),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+        assert a.dtype == b.dtype
+    # Not equal weights: the state of the first update.
+    assert int(state.weighting_state.weighting_step) == 1
+    with pytest.raises(ValueError, match=r"weighting_state=\.\.\.\) must hold a state"):
+        oil.with_weighting(
+            optax.lbfgs(), oil.softadapt(), loss_fn(params), weighting_state=adam_state
+        )
+
+
+def test_reset_on_new_weights_with_weight_rtol_zero_resets_on_any_change():
+    opt = optax.lbfgs(memory_size=4)
+    old = {"fit": 0.25, "bc": 0.75}
+    _, state = lbfgs_steps(opt, net_params(), oil.weighted_objective(loss_fn, old), 3)
+    new = {"fit": 0.25 * (1.0 + 1e-9), "bc": 0.75}
+    old_a, new_a = jax.tree.map(jnp.asarray, old), jax.tree.map(jnp.asarray, new)
+    out, _ = _line_search.reset_for_new_weights(state, old_a, new_a, 0.0)
+    assert int(out[0].count) == 0
+    with pytest.raises(ValueError, match="weight_rtol must be >= 0"):
+        oil.reset_on_new_weights(optax.lbfgs(), weight_rtol=-1.0)
