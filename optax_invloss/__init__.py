@@ -16,16 +16,12 @@ from optax_invloss._grad_norm_balance import GradNormBalanceState, grad_norm_bal
 from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
 from optax_invloss._gradnorm import GradNormState, gradnorm
 from optax_invloss._inverse_loss import InverseLossState, inverse_loss
-from optax_invloss._lbfgs import (
-    LBFGSInfo,
-    log_objective,
-    reset_lbfgs,
-    reset_on_new_weights,
-    run_lbfgs,
-    weighted_objective,
-)
+from optax_invloss._lbfgs import LBFGSInfo, run_lbfgs
+from optax_invloss._line_search import reset_lbfgs, reset_on_new_weights
 from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
+from optax_invloss._nnx import nnx_params_fn
 from optax_invloss._ntk_weights import NTKWeightsState, ntk_weights
+from optax_invloss._objectives import log_objective, weighted_objective
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._sharding import global_mean, sharded
@@ -61,6 +57,7 @@ __all__ = (
     "log_objective",
     "loss_weights",
     "lr_annealing",
+    "nnx_params_fn",
     "ntk_weights",
     "relobralo",
     "reset_lbfgs",

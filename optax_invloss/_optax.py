@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base
+from optax_invloss import _base, _line_search
 
 
 class WeightedOptimizerState(NamedTuple):
@@ -27,6 +29,8 @@ def with_weighting(
     optimizer: optax.GradientTransformation,
     method: _base.WeightingMethod,
     losses: Any,
+    *,
+    weighting_state: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps an Optax optimizer so that its state also carries a loss weighting.
 
@@ -60,6 +64,19 @@ def with_weighting(
       losses: an example of the losses pytree, to fix its structure and dtypes;
         only structure, shapes and dtypes are read, so ``{"pde": 0.0, "bc":
         0.0}`` or ``jax.eval_shape(loss_terms, params, batch)`` will do.
+      weighting_state: where ``init`` starts the weighting from: a state of
+        ``method`` (or an Optax state or ``nnx.Optimizer`` holding one), for
+        example the Adam phase's optimizer state when this wraps
+        ``optax.lbfgs()``. ``None`` (default): ``method.init(losses)``.
+
+    With a line-search optimizer (``optax.lbfgs()``), pass ``value=``,
+    ``grad=`` and ``value_fn=`` of the weighted objective to ``update`` (see
+    :func:`optax_invloss.weighted_objective`); without them ``update`` raises a
+    ``TypeError`` that says so. Whenever the weights change, the line search's
+    cached value and gradient (those of the old objective) are cleared, so
+    :func:`optax.value_and_grad_from_state` recomputes them;
+    :func:`optax_invloss.reset_on_new_weights` also restarts the curvature
+    memory.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -92,11 +109,14 @@ def with_weighting(
     optimizer = optax.with_extra_args_support(optimizer)
     method_inputs = _base.declared_inputs(method)
     _base.check_losses(losses, argname="with_weighting(losses=...)")
+    start = None
+    if weighting_state is not None:
+        start = _start_from(weighting_state, jax.eval_shape(method.init, losses))
 
     def init_fn(params):
         return WeightedOptimizerState(
             optimizer_state=optimizer.init(params),
-            weighting_state=method.init(losses),
+            weighting_state=method.init(losses) if start is None else start,
         )
 
     def update_fn(updates, state, params=None, *, losses=None, **extra_args):
@@ -114,9 +134,32 @@ def with_weighting(
         _, weighting_state = method.update(
             losses, state.weighting_state, **method_kwargs
         )
-        updates, optimizer_state = optimizer.update(
-            updates, state.optimizer_state, params, **optimizer_kwargs
+        updates, optimizer_state = _line_search.update_inner(
+            optimizer, updates, state.optimizer_state, params, optimizer_kwargs
         )
+        if _line_search.has_value_cache(optimizer_state):
+            # The cached value and gradient are of the old weights' objective.
+            optimizer_state, _ = _line_search.clear_cache_if_moved(
+                optimizer_state,
+                state.weighting_state.loss_weights,
+                weighting_state.loss_weights,
+            )
         return updates, WeightedOptimizerState(optimizer_state, weighting_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _start_from(given: Any, fresh: Any) -> Any:
+    """The weighting state found in ``given``, checked against ``fresh``'s shape."""
+    found = _base.find_weighting_state(given)
+    same = type(found) is type(fresh) and jax.tree.structure(
+        found
+    ) == jax.tree.structure(fresh)
+    if not same:
+        raise ValueError(
+            "with_weighting(weighting_state=...) must hold a state of the same "
+            f"method and loss terms as method.init(losses) ({type(fresh).__name__} "
+            f"with structure {jax.tree.structure(fresh)}); got "
+            f"{type(found).__name__} with structure {jax.tree.structure(found)}."
+        )
+    return jax.tree.map(lambda x, like: jnp.asarray(x, like.dtype), found, fresh)
