@@ -6,6 +6,8 @@ pure, jit-compatible ``(init, update)`` pairs that plug into Optax optimizers an
 Flax NNX training loops.
 """
 
+from importlib import metadata as _metadata
+
 from optax_invloss._base import (
     WeightingMethod,
     loss_weights,
@@ -32,7 +34,10 @@ from optax_invloss._uncertainty_weighting import (
     uncertainty_weighting,
 )
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (pyproject.toml holds the one number)
+    __version__ = _metadata.version("optax_invloss")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = (
     "DWAState",
