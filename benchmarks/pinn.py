@@ -24,23 +24,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
 import pathlib
-import platform
-import shlex
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 from benchmarks import methods as specs
-from benchmarks import plots, report
+from benchmarks import plots, provenance, report
 from benchmarks.problems import PROBLEMS, Problem, get_problem
 from benchmarks.train import Trainer
 
@@ -341,7 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
             parser().error(str(error))
     out.mkdir(parents=True, exist_ok=True)
     log = lambda message: tqdm.write(message, file=sys.stderr)
-    command = shlex.join(["python", "-m", "benchmarks.pinn", *argv])
+    stamp = provenance.stamp("benchmarks.pinn", argv)
+    command = stamp["command"]
     start = time.perf_counter()
     records, paths = [], {}
     methods = [s.text for s in method_specs]
@@ -371,15 +367,11 @@ def main(argv: list[str] | None = None) -> dict:
             paths[f"{problem.name}_solution"] = path
     wall = time.perf_counter() - start
     meta = dict(
-        command=command,
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        stamp,
         wall_seconds=wall,
         preset=args.preset,
         seeds=args.seeds,
         methods=methods,
-        jax=jax.__version__,
-        device=str(jax.devices()[0].device_kind),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
     )
     if previous is not None:
         records = _merged(previous["runs"], records)

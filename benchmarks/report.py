@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from benchmarks import provenance
 from benchmarks.train import RunResult
 
 #: Weight histories keep at most this many points per run (every step is too much
@@ -179,8 +180,8 @@ HEADER = (
 def document(runs: Sequence[dict], meta: dict) -> str:
     """``table.md``: the command, how to read it, and one table per problem."""
     first = (
-        f"Command: `{meta['command']}` ({meta['date'][:10]}, {meta['device']}, "
-        f"{meta['machine']}; {meta['wall_seconds'] / 60:.1f} min wall)."
+        f"Command: `{meta['command']}` ({meta['date'][:10]}, "
+        f"{provenance.describe(meta)}; {meta['wall_seconds'] / 60:.1f} min wall)."
     )
     problems = dict.fromkeys(r["problem"] for r in runs)
     tables = [table(runs, p, meta["methods"]) for p in problems]
