@@ -191,20 +191,18 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
             lbfgs_steps=lbfgs_steps,
             lbfgs=lbfgs,
         )
-        for seed in range(args.seeds):
-            bar = tqdm(
-                total=trainer.n_chunks * trainer.chunk + trainer.lbfgs_steps,
-                desc=f"{problem.name} {spec.text} seed {seed}",
-                disable=args.no_progress,
-                leave=True,
-                file=sys.stderr,
-            )
-            result = trainer.run(
-                seed,
-                progress=bar.update,
-                on_eval=lambda _, e, bar=bar: bar.set_postfix(rel_l2=f"{e:.3g}"),
-            )
-            bar.close()
+        bar = tqdm(
+            total=trainer.n_chunks * trainer.chunk + trainer.lbfgs_steps * args.seeds,
+            desc=f"{problem.name} {spec.text} seeds 0-{args.seeds - 1}",
+            disable=args.no_progress,
+            leave=True,
+            file=sys.stderr,
+        )
+        postfix = lambda _, e, bar=bar: bar.set_postfix(rel_l2=f"{np.median(e):.3g}")
+        seeds = list(range(args.seeds))  # in one compiled program
+        runs = trainer.run_seeds(seeds, progress=bar.update, on_eval=postfix)
+        bar.close()
+        for seed, result in zip(seeds, runs, strict=True):
             results[spec.text, seed] = result
             records.append(
                 report.record(
