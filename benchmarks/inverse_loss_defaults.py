@@ -13,7 +13,6 @@ Run (about 15-20 minutes on a 2-core CPU)::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
 import time
@@ -22,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 import optax_invloss as oil
+from benchmarks import provenance
 from benchmarks.problems import get_problem
 from benchmarks.train import train
 
@@ -98,19 +98,18 @@ def main():
                 )
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = (
-        f"python -m benchmarks.inverse_loss_defaults --seeds {args.seeds} "
-        f"--steps {args.steps}"
+    meta = provenance.stamp(
+        "benchmarks.inverse_loss_defaults",
+        ["--seeds", str(args.seeds), "--steps", str(args.steps)],
     )
+    command = meta["command"]
     (out / "inverse_loss_defaults.json").write_text(
-        json.dumps(
-            dict(command=command, date=str(datetime.date.today()), runs=rows), indent=1
-        )
+        json.dumps(dict(meta, runs=rows), indent=1)
     )
     lines = [
         "# inverse_loss defaults: the runs that chose them",
         "",
-        f"Command: `{command}` ({datetime.date.today()}, CPU).",
+        f"Command: `{command}` ({meta['date'][:10]}, {provenance.describe(meta)}).",
         "",
         "Relative L2 error at the end of training, median over seeds "
         "(min-max in brackets), and the final weights of the first seed.",

@@ -31,10 +31,8 @@ Run ``python -m benchmarks.lbfgs_policies`` (see ``--help``); it writes
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import sys
 import time
 
 import jax
@@ -44,7 +42,9 @@ import optax
 from flax import nnx
 
 import optax_invloss as oil
+from benchmarks import provenance
 from benchmarks.problems import MLP, get_problem, relative_l2
+from benchmarks.train import weighted_step
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -78,27 +78,18 @@ def error_of(problem, graphdef, params) -> float:
 
 
 def make_adam_phase(problem, graphdef, params, method, steps, batch):
-    """``run(params, key) -> (params, opt_state)``, compiled once for all seeds."""
+    """``run(params, key) -> (params, opt_state)``, compiled once for all seeds.
+
+    The training step is ``benchmarks.train.weighted_step``, the one every
+    benchmark runs.
+    """
     preset = problem.preset("quick")
-    key = jax.random.key(0)
-    shapes = jax.eval_shape(
-        lambda p: make_loss_fn(problem, graphdef, problem.sample(key, batch))(p),
-        params,
-    )
+    sample = lambda key: problem.sample(key, batch)
+    loss_fn = lambda p, batch: problem.loss_terms(nnx.merge(graphdef, p), batch)
+    residual_fn = lambda p, batch: problem.residuals(nnx.merge(graphdef, p), batch)
+    shapes = jax.eval_shape(loss_fn, params, sample(jax.random.key(0)))
     tx = oil.with_weighting(preset.make_optimizer(), method, losses=shapes)
-
-    def step(carry, key):
-        params, opt_state = carry
-        loss_fn = make_loss_fn(problem, graphdef, problem.sample(key, batch))
-        objective = oil.weighted_objective(loss_fn, oil.loss_weights(opt_state))
-
-        def total(p):
-            losses = loss_fn(p)
-            return objective(p), losses
-
-        (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
-        return (optax.apply_updates(params, updates), opt_state), None
+    step = weighted_step(tx, loss_fn, residual_fn, sample)
 
     @jax.jit
     def run(params, key):
@@ -271,14 +262,13 @@ def fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.2e}"
 
 
-def markdown(results, args, command, date) -> str:
+def markdown(results, args, meta) -> str:
     lines = [
         "# L-BFGS policies after Adam, on 2D Helmholtz",
         "",
-        f"Command: `{command}`  ",
-        f"Date: {date}  ",
-        f"JAX {jax.__version__}, Optax {optax.__version__}, "
-        f"{jax.devices()[0].platform.upper()}, float32, seeds {args.seeds}.",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}  ",
+        f"{provenance.describe(meta)}; float32, seeds {args.seeds}.",
         "",
         f"Adam ({args.adam_steps} steps, lr 1e-3 * 0.9^(step/1000), {args.batch} "
         "points per piece resampled each step) under `inverse_loss()` (defaults), "
@@ -336,16 +326,13 @@ def markdown(results, args, command, date) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    command = "python -m benchmarks.lbfgs_policies" + (
-        " " + " ".join(sys.argv[1:]) if argv is None and sys.argv[1:] else ""
-    )
-    date = datetime.date.today().isoformat()
+    meta = provenance.stamp("benchmarks.lbfgs_policies", argv)
     results = {name: run_problem(name, args) for name in args.problems.split(",")}
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = markdown(results, args, command, date)
+    text = markdown(results, args, meta)
     out.with_suffix(".md").write_text(text + "\n")
-    payload = {"command": command, "date": date, "args": vars(args), "results": results}
+    payload = {**meta, "args": vars(args), "results": results}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     print(text)
 

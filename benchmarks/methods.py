@@ -119,6 +119,22 @@ def factories() -> dict[str, Callable[..., oil.WeightingMethod]]:
     return found
 
 
+#: Keyword inputs of ``update`` that make a method gradient-based: it takes the
+#: parameters, or functions of them, and costs passes through the network.
+GRADIENT_INPUTS = frozenset({"params", "loss_fn", "residual_fn"})
+
+
+def method_inputs(method: oil.WeightingMethod) -> frozenset[str]:
+    """The keyword inputs ``method.update`` uses (besides the losses and state)."""
+    # The one place the benchmarks read them: the library declares them.
+    return frozenset(method.inputs)
+
+
+def needs_gradients(method: oil.WeightingMethod) -> bool:
+    """Whether ``method`` is gradient-based (takes parameters or their functions)."""
+    return bool(method_inputs(method) & GRADIENT_INPUTS)
+
+
 def available() -> list[str]:
     """Every name a spec can start with."""
     return sorted([EQUAL, *factories()])

@@ -24,23 +24,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import os
 import pathlib
-import platform
-import shlex
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 from benchmarks import methods as specs
-from benchmarks import plots, report
+from benchmarks import plots, provenance, report
 from benchmarks.problems import PROBLEMS, Problem, get_problem
 from benchmarks.train import Trainer
 
@@ -196,20 +191,18 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
             lbfgs_steps=lbfgs_steps,
             lbfgs=lbfgs,
         )
-        for seed in range(args.seeds):
-            bar = tqdm(
-                total=trainer.n_chunks * trainer.chunk + trainer.lbfgs_steps,
-                desc=f"{problem.name} {spec.text} seed {seed}",
-                disable=args.no_progress,
-                leave=True,
-                file=sys.stderr,
-            )
-            result = trainer.run(
-                seed,
-                progress=bar.update,
-                on_eval=lambda _, e, bar=bar: bar.set_postfix(rel_l2=f"{e:.3g}"),
-            )
-            bar.close()
+        bar = tqdm(
+            total=trainer.n_chunks * trainer.chunk + trainer.lbfgs_steps * args.seeds,
+            desc=f"{problem.name} {spec.text} seeds 0-{args.seeds - 1}",
+            disable=args.no_progress,
+            leave=True,
+            file=sys.stderr,
+        )
+        postfix = lambda _, e, bar=bar: bar.set_postfix(rel_l2=f"{np.median(e):.3g}")
+        seeds = list(range(args.seeds))  # in one compiled program
+        runs = trainer.run_seeds(seeds, progress=bar.update, on_eval=postfix)
+        bar.close()
+        for seed, result in zip(seeds, runs, strict=True):
             results[spec.text, seed] = result
             records.append(
                 report.record(
@@ -341,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
             parser().error(str(error))
     out.mkdir(parents=True, exist_ok=True)
     log = lambda message: tqdm.write(message, file=sys.stderr)
-    command = shlex.join(["python", "-m", "benchmarks.pinn", *argv])
+    stamp = provenance.stamp("benchmarks.pinn", argv)
+    command = stamp["command"]
     start = time.perf_counter()
     records, paths = [], {}
     methods = [s.text for s in method_specs]
@@ -371,15 +365,11 @@ def main(argv: list[str] | None = None) -> dict:
             paths[f"{problem.name}_solution"] = path
     wall = time.perf_counter() - start
     meta = dict(
-        command=command,
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        stamp,
         wall_seconds=wall,
         preset=args.preset,
         seeds=args.seeds,
         methods=methods,
-        jax=jax.__version__,
-        device=str(jax.devices()[0].device_kind),
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs",
     )
     if previous is not None:
         records = _merged(previous["runs"], records)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from benchmarks import provenance
 from benchmarks.train import RunResult
 
 #: Weight histories keep at most this many points per run (every step is too much
@@ -63,6 +64,7 @@ def record(
         lbfgs_steps=steps - int(result.adam_steps),
         lbfgs_seconds=result.lbfgs_seconds,
         lbfgs_linesearch_failures=result.lbfgs_linesearch_failures,
+        batch_seeds=result.batch_seeds,
         error_history=dict(
             steps=result.steps.tolist(), rel_l2=[float(e) for e in result.errors]
         ),
@@ -179,9 +181,16 @@ HEADER = (
 def document(runs: Sequence[dict], meta: dict) -> str:
     """``table.md``: the command, how to read it, and one table per problem."""
     first = (
-        f"Command: `{meta['command']}` ({meta['date'][:10]}, {meta['device']}, "
-        f"{meta['machine']}; {meta['wall_seconds'] / 60:.1f} min wall)."
+        f"Command: `{meta['command']}` ({meta['date'][:10]}, "
+        f"{provenance.describe(meta)}; {meta['wall_seconds'] / 60:.1f} min wall)."
     )
     problems = dict.fromkeys(r["problem"] for r in runs)
     tables = [table(runs, p, meta["methods"]) for p in problems]
-    return "\n\n".join([first, HEADER, *tables]) + "\n"
+    header = HEADER
+    if any(r.get("batch_seeds", 1) > 1 for r in runs):
+        header += (
+            " The seeds of a method were trained together in one compiled program "
+            "(`jax.vmap` over seeds): a run's time is the batch's divided by its "
+            "seeds."
+        )
+    return "\n\n".join([first, header, *tables]) + "\n"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -25,7 +25,8 @@ import optax
 from flax import nnx
 
 import optax_invloss as oil
-from benchmarks.problems import MLP, Preset, Problem, relative_l2
+from benchmarks import methods as specs
+from benchmarks.problems import Preset, Problem, relative_l2
 
 
 @dataclasses.dataclass
@@ -55,6 +56,8 @@ class RunResult:
       lbfgs_weights: the weights at the end of the L-BFGS phase, or None.
       lbfgs_linesearch_failures: L-BFGS iterations whose line search found no
         step of sufficient decrease.
+      batch_seeds: seeds trained together in the run's compiled program; its
+        times are the batch's divided by this.
     """
 
     steps: np.ndarray
@@ -72,6 +75,7 @@ class RunResult:
     lbfgs_seconds: float = 0.0
     lbfgs_weights: dict | None = None
     lbfgs_linesearch_failures: int = 0
+    batch_seeds: int = 1
 
     @property
     def final_error(self) -> float:
@@ -178,14 +182,16 @@ class Trainer:
         self.method = _equal_weights() if method is None else method
         self.lbfgs_steps = int(lbfgs_steps)
         self.lbfgs = dict(lbfgs or {})
-        self.graphdef, params = nnx.split(MLP(settings.layers, rngs=nnx.Rngs(0)))
+        self.graphdef, params = nnx.split(problem.network(settings, 0))
         graphdef = self.graphdef
 
         def apply_fn(params):
             return nnx.merge(graphdef, params)
 
         def loss_fn(params, batch):
-            return problem.loss_terms(apply_fn(params), batch)
+            return problem.loss_terms(
+                apply_fn(params), batch, sum_pieces=settings.sum_pieces
+            )
 
         def residual_fn(params, batch):
             return problem.residuals(apply_fn(params), batch)
@@ -220,21 +226,50 @@ class Trainer:
         def run_chunk(params, opt_state, keys):
             return jax.lax.scan(step, (params, opt_state), keys)
 
-        # Compiled ahead of time so that compilation is timed on its own and the
-        # same executable serves every seed.
-        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), self.chunk))
-        start = time.perf_counter()
-        self._run_chunk = (
-            jax.jit(run_chunk).lower(params, tx.init(params), keys).compile()
+        # Every seed of a run in one program (each with its own parameters,
+        # optimizer and weighting state, and keys): the chunk vmapped over seeds,
+        # or, for a gradient-based method, the seeds one after the other in the
+        # program. Under vmap a method's lax.cond on "an update is due" becomes a
+        # select (its predicate depends on the per-seed state), which would run
+        # the per-term gradients on every step, due or not.
+        self.vmapped = not specs.needs_gradients(self.method)
+        self._batched_chunk = jax.jit(
+            jax.vmap(run_chunk) if self.vmapped else _seed_by_seed(run_chunk)
         )
-        self.compile_seconds = time.perf_counter() - start
-        self._compile_reported = False
+        self._params_example = params
+        self._compiled: dict[int, Any] = {}
+        self._compile_reported: set[int] = set()
+        self.compile_seconds = self._compile(1)
 
         points, exact = problem.reference()
         points = jnp.asarray(points, jnp.float32)
         self._error = jax.jit(
-            lambda params: relative_l2(apply_fn(params)(points), exact)
+            jax.vmap(lambda params: relative_l2(apply_fn(params)(points), exact))
         )
+
+    def _compile(self, n: int) -> float:
+        """Compiles the chunk for ``n`` seeds ahead of time; returns the seconds."""
+        if n in self._compiled:
+            return 0.0
+        batched = lambda tree: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), tree
+        )
+        params = batched(self._params_example)
+        opt_state = batched(jax.eval_shape(self.tx.init, self._params_example))
+        keys = jax.eval_shape(
+            lambda: jax.random.split(jax.random.key(0), (n, self.chunk))
+        )
+        start = time.perf_counter()
+        self._compiled[n] = self._batched_chunk.lower(params, opt_state, keys).compile()
+        return time.perf_counter() - start
+
+    def _keys(self, seed: int) -> jax.Array:
+        """The step keys of ``seed``: shape ``(n_chunks, chunk)``."""
+        key = jax.random.key(seed + 1_000_003)
+        if self.problem.full_batch:
+            return jnp.broadcast_to(key, (self.n_chunks, self.chunk))
+        keys = jax.random.split(key, self.n_chunks * self.chunk)
+        return keys.reshape(self.n_chunks, self.chunk)
 
     def run(
         self,
@@ -250,27 +285,53 @@ class Trainer:
           progress: called with the number of steps done after each chunk.
           on_eval: called with ``(step, error)`` after each evaluation.
         """
-        problem, chunk = self.problem, self.chunk
-        graphdef, params = nnx.split(MLP(self.settings.layers, rngs=nnx.Rngs(seed)))
-        if graphdef != self.graphdef:  # pragma: no cover - same layers, same graph
+        on_evals = None if on_eval is None else lambda step, e: on_eval(step, e[0])
+        return self.run_seeds([seed], progress=progress, on_eval=on_evals)[0]
+
+    def run_seeds(
+        self,
+        seeds: Sequence[int],
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_eval: Callable[[int, np.ndarray], None] | None = None,
+    ) -> list[RunResult]:
+        """Trains every seed in one compiled program (``jax.vmap`` over seeds).
+
+        Gradient-based methods run their seeds one after the other inside the
+        program instead (``vmapped`` False): under ``vmap`` their "update due"
+        conditional would run on every step.
+
+        Each seed's result is the one :meth:`run` gives for it (to float
+        tolerance: batched matrix products may round differently). Its times
+        are the batch's divided by the number of seeds: the cost of one seed
+        when all are trained together.
+
+        Args:
+          seeds: the seeds, each as in :meth:`run`.
+          progress: called with the number of steps done (per seed) per chunk.
+          on_eval: called with ``(step, errors)``, one error per seed (after
+            an L-BFGS phase, which runs seed by seed: that seed's alone).
+        """
+        seeds, chunk = [int(s) for s in seeds], self.chunk
+        n = len(seeds)
+        if n < 1 or len(set(seeds)) != n:
+            raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+        compile_seconds = self._compile(n)
+        program = self._compiled[n]
+        inits = [nnx.split(self.problem.network(self.settings, s)) for s in seeds]
+        if any(g != self.graphdef for g, _ in inits):  # pragma: no cover
             raise RuntimeError("the network's structure changed between seeds")
-        opt_state = self.tx.init(params)
-        key = jax.random.key(seed + 1_000_003)
-        keys = jax.random.split(key, self.n_chunks * chunk).reshape(
-            self.n_chunks, chunk
-        )
-        if problem.full_batch:
-            keys = jnp.broadcast_to(key, (self.n_chunks, chunk))
+        params = jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p in inits])
+        opt_state = jax.vmap(self.tx.init)(params)
+        keys = jnp.stack([self._keys(s) for s in seeds], axis=1)
         times, cpu_times, errors, at, losses_h, weights_h = [], [], [], [], [], []
         for i in range(self.n_chunks):
             start, cpu_start = time.perf_counter(), time.process_time()
-            (params, opt_state), (losses, weights) = self._run_chunk(
-                params, opt_state, keys[i]
-            )
+            (params, opt_state), (losses, weights) = program(params, opt_state, keys[i])
             jax.block_until_ready(params)
-            times.append(time.perf_counter() - start)
-            cpu_times.append(time.process_time() - cpu_start)
-            errors.append(float(self._error(params)))
+            times.append((time.perf_counter() - start) / n)
+            cpu_times.append((time.process_time() - cpu_start) / n)
+            errors.append(np.asarray(self._error(params), np.float64))
             at.append((i + 1) * chunk)
             losses_h.append(jax.device_get(losses))
             weights_h.append(jax.device_get(weights))
@@ -278,52 +339,80 @@ class Trainer:
                 progress(chunk)
             if on_eval is not None:
                 on_eval(at[-1], errors[-1])
-        adam_steps, seconds = at[-1], sum(times)
-        lbfgs_seconds, lbfgs_weights, failures = 0.0, None, 0
-        if self.lbfgs_steps:
-            start = time.perf_counter()
-            params, weighting_state, info = oil.run_lbfgs(
-                self._lbfgs_loss,
-                params,
-                opt_state.weighting_state,
-                iterations=self.lbfgs_steps,
-                method=self.method,
-                **self.lbfgs,
-                **self._lbfgs_inputs,
+        cat = lambda hs, j: {k: np.concatenate([h[k][j] for h in hs]) for k in hs[0]}
+        seed_of = lambda tree, j: jax.tree.map(lambda x: x[j], tree)
+        results = []
+        for j in range(n):
+            result = RunResult(
+                steps=np.asarray(at),
+                errors=np.asarray([e[j] for e in errors]),
+                losses=cat(losses_h, j),
+                weights=cat(weights_h, j),
+                train_seconds=sum(times),
+                compile_seconds=0.0,
+                params=seed_of(params, j),
+                graphdef=self.graphdef,
+                skipped_updates=int(opt_state.weighting_state.skipped_updates[j]),
+                adam_steps=at[-1],
+                chunk_seconds=tuple(times),
+                chunk_cpu_seconds=tuple(cpu_times),
+                batch_seeds=n,
             )
-            jax.block_until_ready(params)
-            lbfgs_seconds = time.perf_counter() - start
-            opt_state = opt_state._replace(weighting_state=weighting_state)
-            lbfgs_weights = {
-                k: float(v) for k, v in oil.loss_weights(weighting_state).items()
-            }
-            failures = int(np.sum(info.linesearch_failed))
-            errors.append(float(self._error(params)))
-            at.append(adam_steps + self.lbfgs_steps)
-            if progress is not None:
-                progress(self.lbfgs_steps)
-            if on_eval is not None:
-                on_eval(at[-1], errors[-1])
-        cat = lambda hs: {k: np.concatenate([h[k] for h in hs]) for k in hs[0]}
-        compile_seconds = 0.0 if self._compile_reported else self.compile_seconds
-        self._compile_reported = True
-        return RunResult(
-            steps=np.asarray(at),
-            errors=np.asarray(errors),
-            losses=cat(losses_h),
-            weights=cat(weights_h),
-            train_seconds=seconds,
-            compile_seconds=compile_seconds,
-            params=params,
-            graphdef=self.graphdef,
-            skipped_updates=int(opt_state.weighting_state.skipped_updates),
-            adam_steps=adam_steps,
-            chunk_seconds=tuple(times),
-            chunk_cpu_seconds=tuple(cpu_times),
-            lbfgs_seconds=lbfgs_seconds,
-            lbfgs_weights=lbfgs_weights,
-            lbfgs_linesearch_failures=failures,
+            if self.lbfgs_steps:
+                weighting_state = seed_of(opt_state.weighting_state, j)
+                result = self._lbfgs_phase(result, weighting_state, progress, on_eval)
+            results.append(result)
+        if n not in self._compile_reported:
+            self._compile_reported.add(n)
+            first = self.compile_seconds if n == 1 else compile_seconds
+            results[0] = dataclasses.replace(results[0], compile_seconds=first)
+        return results
+
+    def _lbfgs_phase(self, result, weighting_state, progress, on_eval) -> RunResult:
+        """``result`` continued by the L-BFGS phase from its parameters."""
+        start = time.perf_counter()
+        params, weighting_state, info = oil.run_lbfgs(
+            self._lbfgs_loss,
+            result.params,
+            weighting_state,
+            iterations=self.lbfgs_steps,
+            method=self.method,
+            **self.lbfgs,
+            **self._lbfgs_inputs,
         )
+        jax.block_until_ready(params)
+        seconds = time.perf_counter() - start
+        error = float(self._error(jax.tree.map(lambda x: x[None], params))[0])
+        if progress is not None:
+            progress(self.lbfgs_steps)
+        if on_eval is not None:
+            on_eval(result.adam_steps + self.lbfgs_steps, np.asarray([error]))
+        return dataclasses.replace(
+            result,
+            steps=np.append(result.steps, result.adam_steps + self.lbfgs_steps),
+            errors=np.append(result.errors, error),
+            params=params,
+            lbfgs_seconds=seconds,
+            lbfgs_weights={
+                k: float(v) for k, v in oil.loss_weights(weighting_state).items()
+            },
+            lbfgs_linesearch_failures=int(np.sum(info.linesearch_failed)),
+            skipped_updates=int(weighting_state.skipped_updates),
+        )
+
+
+def _seed_by_seed(run_chunk: Callable) -> Callable:
+    """``run_chunk`` over a leading seed axis, one seed after the other."""
+
+    def run(params, opt_state, keys):
+        seed = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+        outs = [
+            run_chunk(seed(params, i), seed(opt_state, i), keys[i])
+            for i in range(keys.shape[0])
+        ]
+        return jax.tree.map(lambda *x: jnp.stack(x), *outs)
+
+    return run
 
 
 def weighted_step(

@@ -20,7 +20,8 @@ import pytest
 from _methods import CASES
 
 import optax_invloss as oil
-from benchmarks import overhead
+from benchmarks import methods, overhead, overhead_rows, provenance, timing
+from benchmarks import overhead_steps as steps
 from benchmarks._hlo import dot_stats
 from optax_invloss import _base
 
@@ -31,7 +32,7 @@ CHUNK = 2
 # A toy task: a two-layer tanh network, two terms on their own points.
 
 
-def _toy_task(count=None) -> overhead.Task:
+def _toy_task(count=None) -> steps.Task:
     keys = jax.random.split(jax.random.key(0), 3)
     params = {
         "w1": jax.random.normal(keys[0], (2, 16), jnp.float32),
@@ -61,22 +62,22 @@ def _toy_task(count=None) -> overhead.Task:
         del key
         return {"pde": points[0], "bc": points[1]}
 
-    return overhead.Task(params, loss_fn, residual_fn, sample, optax.sgd(1e-3))
+    return steps.Task(params, loss_fn, residual_fn, sample, optax.sgd(1e-3))
 
 
 def _program(step_and_carry):
     keys = jax.random.split(jax.random.key(1), CHUNK)
-    return overhead.compile_chunk(*step_and_carry, keys), keys
+    return timing.compile_chunk(*step_and_carry, keys), keys
 
 
 def _stats(step_and_carry):
     program, _ = _program(step_and_carry)
-    return dot_stats(program.compiled.as_text(), overhead.MIN_FLOPS)
+    return dot_stats(program.compiled.as_text(), timing.MIN_FLOPS)
 
 
 @pytest.fixture(scope="module")
 def plain():
-    return _stats(overhead.plain_step(_toy_task()))
+    return _stats(steps.plain_step(_toy_task()))
 
 
 def _factory(case) -> str:
@@ -94,9 +95,9 @@ def _one_per_factory(cases):
 
 
 LOSS_VALUE = _one_per_factory(
-    [c for c in CASES if not overhead.is_gradient_based(c.make())]
+    [c for c in CASES if not methods.needs_gradients(c.make())]
 )
-GRADIENT = [c for c in CASES if overhead.is_gradient_based(c.make())]
+GRADIENT = [c for c in CASES if methods.needs_gradients(c.make())]
 
 
 # ----------------------------------------------------------------------------------
@@ -139,8 +140,8 @@ def test_dot_stats_rejects_text_without_an_entry():
 
 
 def test_the_reference_steps_add_the_per_term_passes(plain):
-    jac = _stats(overhead.jacrev_step(_toy_task()))
-    loop = _stats(overhead.per_term_step(_toy_task()))
+    jac = _stats(steps.jacrev_step(_toy_task()))
+    loop = _stats(steps.per_term_step(_toy_task()))
     # Both compute per-term gradients on top of the plain step, apart from it (in
     # a branch, as a method does): the step's own products, and more on demand.
     assert (jac.dots, jac.flops) == (loop.dots, loop.flops) == (plain.dots, plain.flops)
@@ -155,7 +156,7 @@ def test_the_reference_steps_add_the_per_term_passes(plain):
 
 @pytest.mark.parametrize("case", LOSS_VALUE, ids=[c.name for c in LOSS_VALUE])
 def test_loss_value_method_adds_no_forward_or_backward_pass(case, plain):
-    stats = _stats(overhead.method_step(_toy_task(), case.make()))
+    stats = _stats(steps.method_step(_toy_task(), case.make()))
     assert (stats.dots, stats.flops) == (plain.dots, plain.flops)
     assert stats.conditional_dots == 0
 
@@ -210,8 +211,8 @@ def _check_on_demand(method_for, plain):
     """The checks every gradient-based method must pass; ``method_for(K)``."""
     calls = []
     task = _toy_task(count=lambda: calls.append(1))
-    program, keys = _program(overhead.method_step(task, method_for(10)))
-    stats = dot_stats(program.compiled.as_text(), overhead.MIN_FLOPS)
+    program, keys = _program(steps.method_step(task, method_for(10)))
+    stats = dot_stats(program.compiled.as_text(), timing.MIN_FLOPS)
     # Every step: the plain step's products and nothing more ...
     assert (stats.dots, stats.flops) == (plain.dots, plain.flops)
     # ... and the per-term passes inside a branch taken on update steps.
@@ -253,15 +254,15 @@ def test_gradient_methods_pass_only_on_update_steps(plain):
 # Targets, amortised rows and the command line.
 
 
-def _group(rows, size="small"):
-    size = overhead.SIZES[size]
-    return overhead.Group(size, "helmholtz", keys=None, base=None, rows=rows)
+def _row(method, kind, every, **fields):
+    return overhead_rows.Row(
+        "small", "helmholtz", 128, [2, 1], method, kind, every, chunk=100, **fields
+    )
 
 
 def _r(method, kind, every, ratio):
-    return {"method": method, "kind": kind, "update_every": every, "ratio": ratio,
-            "ratio_wall": ratio, "ratio_cpu_time": ratio, "clock": "wall",
-            "base_ms": 1.0, "method_ms": ratio, "mode": "measured"}  # fmt: skip
+    same = dict(ratio=ratio, ratio_wall=ratio, ratio_cpu_time=ratio)
+    return _row(method, kind, every, clock="wall", base_ms=1.0, method_ms=ratio, **same)
 
 
 def test_ratio_is_the_median_of_the_paired_ratios():
@@ -269,7 +270,7 @@ def test_ratio_is_the_median_of_the_paired_ratios():
     # is what a slowdown during the second pair's method half would report.
     base, other = [1.0, 2.0, 4.0], [1.5, 4.0, 4.4]
     times = {"base": base, "other": other, "base_cpu": base, "other_cpu": other}
-    summary = overhead.summarise(times)
+    summary = timing.summarise(times)
     np.testing.assert_allclose(summary["ratio"], 1.5)
     np.testing.assert_allclose(summary["ratio_of_medians"], 2.0)
     np.testing.assert_allclose(summary["pair_ratios"], [1.5, 2.0, 1.1])
@@ -282,27 +283,31 @@ def test_targets_and_amortised_rows():
         _r("m", "gradient", 1, 2.4),  # c = 2.4 <= 1.25 * 2.0 = 2.5
         _r("m", "gradient", 10, 1.17),  # <= 1 + 1.4 / 10 + 0.02 = 1.16: MISS
         _r("m", "gradient", "none", 1.01),
-        {
-            "method": "m",
-            "kind": "gradient",
-            "update_every": 100,
-            "amortised": True,
-            "mode": "amortised",
-        },  # fmt: skip
+        _row("m", "gradient", 100, amortised=True, mode="amortised"),
     ]
-    group = _group(rows)
-    overhead.judge(group)
-    result = [r["result"] for r in rows]
+    overhead_rows.judge(rows, overhead.SIZES["small"].target)
+    result = [r.result for r in rows]
     assert result == ["reference", "PASS", "PASS", "MISS", "PASS", "PASS"]
-    np.testing.assert_allclose(rows[3]["target"], 1.16)
+    np.testing.assert_allclose(rows[3].target, 1.16)
     # Amortised: r0 + (c - r0) / K = 1.01 + 1.39 / 100 = 1.0239;
     # target 1 + 1.4 / 100 + 0.02 = 1.034.
-    np.testing.assert_allclose(rows[5]["ratio"], 1.0239)
-    np.testing.assert_allclose(rows[5]["target"], 1.034)
+    np.testing.assert_allclose(rows[5].ratio, 1.0239)
+    np.testing.assert_allclose(rows[5].target, 1.034)
     # The large size holds loss-value methods to 1.01.
     rows = [_r("inverse_loss", "loss-value", None, 1.02)]
-    overhead.judge(_group(rows, "large"))
-    assert rows[0]["result"] == "MISS"
+    overhead_rows.judge(rows, overhead.SIZES["large"].target)
+    assert rows[0].result == "MISS"
+
+
+def test_rows_round_trip_through_json():
+    row = _r("m", "gradient", "none", 1.01).set(updates_per_chunk=0)
+    saved = json.loads(json.dumps(row.to_json()))
+    assert saved["update_every"] == "none" and saved["target"] is None
+    assert saved["updates_per_chunk"] == 0  # a zero is a value, not "unset"
+    assert "note" not in saved and "amortised" not in saved  # unset: not written
+    assert overhead_rows.Row.from_json(saved) == row
+    with pytest.raises(TypeError, match="ratios"):
+        row.set(ratios=1.0)
 
 
 def test_every_method_of_the_library_is_benchmarked():
@@ -322,6 +327,7 @@ def test_command_line_writes_json_and_markdown(tmp_path, monkeypatch):
             str(tmp_path / "none.md")]  # fmt: skip
     report = overhead.main(args)
     saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["command"] == provenance.command("benchmarks.overhead", args)
     assert saved["command"] == "python -m benchmarks.overhead " + " ".join(args)
     rows = [(r["method"], r["update_every"], r["mode"]) for r in saved["rows"]]
     assert rows == [

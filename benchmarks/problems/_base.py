@@ -25,6 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
+
+from benchmarks.problems._mlp import INITS, MLP
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 Batch = dict[str, jax.Array]
@@ -47,6 +50,13 @@ class Preset:
       learning_rate: initial learning rate.
       decay_rate: factor applied every ``decay_steps`` steps (smoothly).
       decay_steps: see ``decay_rate``.
+      init: the network's initialisation, ``"glorot"``, ``"xavier"`` or
+        ``"ntk"`` (see ``benchmarks/problems/_mlp.py``).
+      standardize: the network sees its inputs standardized by the problem's
+        ``input_mean`` and ``input_std``, as the authors' code does.
+      sum_pieces: a term whose points are several equal pieces (the problem's
+        ``pieces``: the sides of a boundary) is the sum of the pieces' mean
+        squares, as in the authors' code, not the mean over all its points.
     """
 
     layers: tuple[int, ...]
@@ -56,12 +66,17 @@ class Preset:
     learning_rate: float = 1e-3
     decay_rate: float = 0.9
     decay_steps: int = 1000
+    init: str = "glorot"
+    standardize: bool = False
+    sum_pieces: bool = False
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(
                 f"optimizer must be 'adam' or 'sgd', got optimizer = {self.optimizer!r}"
             )
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {sorted(INITS)}, got {self.init!r}")
         if len(self.layers) < 2 or self.layers[-1] != 1:
             raise ValueError(
                 "layers must list at least the input and output widths and end in 1 "
@@ -103,6 +118,11 @@ class Problem:
       eval_points: ``eval_points() -> (N, d)`` numpy evaluation grid.
       eval_shape: shape of the evaluation grid before flattening (for plots).
       full_batch: True when ``sample`` ignores the key and returns a fixed grid.
+      input_mean, input_std: per input, the mean and standard deviation of the
+        points the residual is sampled from (those of the uniform distribution
+        on the domain, or of the fixed grid), for presets that standardize.
+      pieces: ``{term: k}`` for a term whose points are ``k`` equal pieces
+        (the sides of a boundary), for presets with ``sum_pieces``.
     """
 
     name: str
@@ -115,6 +135,9 @@ class Problem:
     eval_points: Callable[[], np.ndarray]
     eval_shape: tuple[int, ...]
     full_batch: bool = False
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+    pieces: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         missing = {"quick", "paper"} - set(self.presets)
@@ -127,15 +150,38 @@ class Problem:
                     f"{preset.layers[0]}, but the problem has input_dim = "
                     f"{self.input_dim}"
                 )
+            if preset.standardize and self.input_std is None:
+                raise ValueError(
+                    f"preset {key!r} of problem {self.name!r} standardizes the "
+                    "inputs, but the problem has no input_mean and input_std"
+                )
         # A read-only view, so that a shared problem cannot be edited in place.
         object.__setattr__(self, "presets", types.MappingProxyType(dict(self.presets)))
+        object.__setattr__(self, "pieces", types.MappingProxyType(dict(self.pieces)))
 
-    def loss_terms(self, apply_fn: ApplyFn, batch: Batch) -> dict[str, jax.Array]:
-        """Mean squared residual of each term: ``{term: scalar}``."""
+    def loss_terms(
+        self, apply_fn: ApplyFn, batch: Batch, *, sum_pieces: bool = False
+    ) -> dict[str, jax.Array]:
+        """Mean squared residual of each term: ``{term: scalar}``.
+
+        With ``sum_pieces``, a term of ``k`` equal pieces (``pieces``) is the sum
+        of its pieces' mean squares: ``k`` times the mean over its points.
+        """
+        scale = lambda name: self.pieces.get(name, 1) if sum_pieces else 1
         return {
-            name: jnp.mean(jnp.square(r))
+            name: scale(name) * jnp.mean(jnp.square(r))
             for name, r in self.residuals(apply_fn, batch).items()
         }
+
+    def network(self, preset: Preset, seed: int) -> MLP:
+        """The preset's network for this problem, initialised from ``seed``."""
+        standardize = dict(input_mean=self.input_mean, input_std=self.input_std)
+        return MLP(
+            preset.layers,
+            rngs=nnx.Rngs(seed),
+            init=preset.init,
+            **(standardize if preset.standardize else {}),
+        )
 
     def preset(self, name: str) -> Preset:
         """The training settings called ``name``, with a clear error if unknown."""
