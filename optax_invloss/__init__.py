@@ -6,11 +6,17 @@ pure, jit-compatible ``(init, update)`` pairs that plug into Optax optimizers an
 Flax NNX training loops.
 """
 
+from optax_invloss._aggregation import (
+    AggregatorState,
+    aggregation_weights,
+    term_gradients,
+)
 from optax_invloss._base import (
     WeightingMethod,
     loss_weights,
     weighted_sum,
 )
+from optax_invloss._config import config, imtl_g
 from optax_invloss._dwa import DWAState, dwa
 from optax_invloss._grad_norm import GradNormBalanceState, grad_norm_balance
 from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
@@ -25,8 +31,12 @@ from optax_invloss._lbfgs import (
     weighted_objective,
 )
 from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
+from optax_invloss._m_config import MConFIGState, m_config, m_config_term
+from optax_invloss._mgda import cagrad, mgda
+from optax_invloss._nash_mtl import nash_mtl
 from optax_invloss._ntk import NTKWeightsState, ntk_weights
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
+from optax_invloss._pcgrad import pcgrad
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._sharding import global_mean, sharded
 from optax_invloss._softadapt import SoftAdaptState, softadapt
@@ -35,16 +45,19 @@ from optax_invloss._uncertainty import (
     UncertaintyWeightingState,
     uncertainty_weighting,
 )
+from optax_invloss._upgrad import dualproj, upgrad
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "AggregatorState",
     "DWAState",
     "GradNormBalanceState",
     "GradNormState",
     "InverseLossState",
     "LBFGSInfo",
     "LRAnnealingState",
+    "MConFIGState",
     "NTKWeightsState",
     "ReLoBRaLoState",
     "SoftAdaptState",
@@ -52,16 +65,26 @@ __all__ = (
     "UncertaintyWeightingState",
     "WeightedOptimizerState",
     "WeightingMethod",
+    "aggregation_weights",
+    "cagrad",
+    "config",
+    "dualproj",
     "dwa",
     "global_mean",
     "grad_norm_balance",
     "gradnorm",
+    "imtl_g",
     "inverse_loss",
     "last_layer_mask",
     "log_objective",
     "loss_weights",
     "lr_annealing",
+    "m_config",
+    "m_config_term",
+    "mgda",
+    "nash_mtl",
     "ntk_weights",
+    "pcgrad",
     "relobralo",
     "reset_lbfgs",
     "reset_on_new_weights",
@@ -69,7 +92,9 @@ __all__ = (
     "sharded",
     "softadapt",
     "static_weights",
+    "term_gradients",
     "uncertainty_weighting",
+    "upgrad",
     "weight_matrix_mask",
     "weighted_objective",
     "weighted_sum",
