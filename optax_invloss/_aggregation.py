@@ -144,7 +144,9 @@ def split_terms(term_grads: Any, params: Any, *, method: str) -> tuple[list, Any
 
 def stack_terms(terms: list) -> list[jax.Array]:
     """One array per parameter leaf, with the term as leading axis ``(m, ...)``."""
-    return [jnp.stack(leaves) for leaves in zip(*map(jax.tree.leaves, terms))]
+    return [
+        jnp.stack(leaves) for leaves in zip(*map(jax.tree.leaves, terms), strict=True)
+    ]
 
 
 def gram(stacked: list[jax.Array]) -> jax.Array:
@@ -363,7 +365,8 @@ def aggregator(
                         leaves = jax.tree.leaves(loss_fn(p))
                         check_m(len(leaves))
                         return sum(
-                            wi.astype(x.dtype) * x for wi, x in zip(stored, leaves)
+                            wi.astype(x.dtype) * x
+                            for wi, x in zip(stored, leaves, strict=True)
                         )
 
                     grad = jax.grad(total)(params)
