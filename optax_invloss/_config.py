@@ -129,11 +129,11 @@ def config(
       :class:`optax_invloss.AggregatorState`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.config()
       >>> grads = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([-1.0, 1.0])}
       >>> update, state = tx.update(grads, tx.init(jnp.zeros(2)))
-      >>> print(update.round(4))
+      >>> print(np.asarray(update, float).round(4))
       [0.3536 0.8536]
 
     References:
@@ -202,11 +202,11 @@ def imtl_g(
       :func:`optax_invloss.config`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.imtl_g()
       >>> grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([0.0, 4.0])}
       >>> update, _ = tx.update(grads, tx.init(jnp.zeros(2)))
-      >>> print(update.round(4))
+      >>> print(np.asarray(update, float).round(4))
       [1.7143 1.7143]
 
     References:

@@ -23,12 +23,27 @@ def _check_iterations(name: str, iterations) -> None:
         )
 
 
-def min_norm_simplex(g: jax.Array, iterations: int = 100) -> jax.Array:
+def _check_exact(name: str, max_exact_terms) -> None:
+    if (
+        not isinstance(max_exact_terms, int)
+        or isinstance(max_exact_terms, bool)
+        or not 1 <= max_exact_terms <= 12
+    ):
+        raise ValueError(
+            f"{name}: max_exact_terms must be an int in [1, 12] (the exact solve "
+            f"enumerates 2^m supports), got max_exact_terms = {max_exact_terms!r}."
+        )
+
+
+def min_norm_simplex(
+    g: jax.Array, iterations: int = 100, max_exact_terms: int = 8
+) -> jax.Array:
     r"""``argmin_{alpha in simplex} alpha^T G alpha`` over the active terms.
 
-    Two terms: the closed form. More: Frank-Wolfe from the uniform point with an
-    exact line search, a fixed number of iterations. Terms with a zero gradient
-    are left out (else the minimum would be zero on them).
+    Two terms: the closed form. Up to ``max_exact_terms``: exact, by enumerating
+    the supports. More: Frank-Wolfe from the uniform point with an exact line
+    search, a fixed number of iterations. Terms with a zero gradient are left
+    out (else the minimum would be zero on them).
     """
     m = g.shape[0]
     _, active = _aggregation.norms(g)
@@ -40,6 +55,27 @@ def min_norm_simplex(g: jax.Array, iterations: int = 100) -> jax.Array:
         both = jnp.stack([a0, 1 - a0])
         one = active.astype(g.dtype)
         return jnp.where(count == 2, both, jnp.where(count == 1, one, 0))
+    if m <= max_exact_terms:
+        # On each support S of active terms: alpha_S = G_SS^-1 1 / (1^T G_SS^-1 1);
+        # the feasible candidate of smallest norm is the minimum.
+        gs = _aggregation.normalized_gram(g)
+        eye = jnp.eye(m, dtype=g.dtype)
+        tol = jnp.sqrt(jnp.finfo(g.dtype).eps)
+
+        def candidate(s):
+            s = s & active
+            x = jnp.linalg.solve(
+                jnp.where(s[:, None] & s[None, :], gs, eye), s.astype(g.dtype)
+            )
+            total = jnp.sum(jnp.where(s, x, 0))
+            alpha = jnp.where(s, x / jnp.where(total > 0, total, 1), 0)
+            ok = jnp.any(s) & (total > 0) & jnp.all(alpha >= -tol)
+            alpha = jnp.clip(alpha, 0, None)
+            alpha = alpha / jnp.maximum(jnp.sum(alpha), jnp.finfo(g.dtype).tiny)
+            return alpha, jnp.where(ok, alpha @ gs @ alpha, jnp.inf)
+
+        alphas, values = jax.vmap(candidate)(_aggregation.subsets(m)[1:])
+        return jnp.where(count > 0, alphas[jnp.argmin(values)], 0)
     start = jnp.where(active, 1 / jnp.maximum(count, 1), 0).astype(g.dtype)
 
     def body(_, alpha):
@@ -59,6 +95,7 @@ def mgda(
     normalization: str = "none",
     rescale: bool = False,
     iterations: int = 100,
+    max_exact_terms: int = 8,
     num_terms: int | None = None,
     update_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
@@ -74,8 +111,13 @@ def mgda(
     dot product with every gradient; it is zero at a Pareto-stationary point.
     For two terms the closed form
     :math:`\alpha_1 = \mathrm{clip}\big((G_{22}-G_{12})/(G_{11}+G_{22}-2G_{12}),
-    0, 1\big)`; for more, Frank-Wolfe from :math:`\alpha = 1/m` with exact line
-    search, ``iterations`` steps (a fixed cost, no early stop).
+    0, 1\big)`; up to ``max_exact_terms`` terms the exact minimiser (the support
+    enumerated: :math:`\alpha_S \propto G_{SS}^{-1}\mathbf 1` on each support
+    :math:`S`, the feasible one of smallest norm); beyond, Frank-Wolfe from
+    :math:`\alpha = 1/m` with exact line search, ``iterations`` steps (a fixed
+    cost, no early stop). torchjd and the official code use Frank-Wolfe for
+    every :math:`m \ge 3` and stop at a tolerance (torchjd: 1e-3), so their
+    weights are approximate where these are exact.
 
     The official code returns 0.001/0.999 instead of 0/1 on the boundary of the
     two-term case; this returns 0/1. Its per-term normalisation before the solve
@@ -87,7 +129,9 @@ def mgda(
     Args:
       normalization: ``"none"`` or ``"l2"``.
       rescale: multiply the weights (which sum to one) by the number of terms.
-      iterations: Frank-Wolfe iterations for three terms or more.
+      iterations: Frank-Wolfe iterations, beyond ``max_exact_terms`` terms.
+      max_exact_terms: the exact solve (:math:`2^m` small solves) up to this
+        many terms.
       num_terms: the number of loss terms; needed for ``update_every > 1``.
       update_every: recompute the weights every this many steps (in between:
         the weighted sum with the stored weights).
@@ -97,12 +141,12 @@ def mgda(
       :func:`optax_invloss.config`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.mgda()
-      >>> grads = {"a": jnp.array([-4.0, 1.0, 1.0]), "b": jnp.array([6.0, 1.0, 1.0])}
-      >>> update, _ = tx.update(grads, tx.init(jnp.zeros(3)))
-      >>> print(update.round(4))
-      [0. 1. 1.]
+      >>> grads = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([-1.0, 1.0])}
+      >>> update, _ = tx.update(grads, tx.init(jnp.zeros(2)))
+      >>> print(np.asarray(update, float).round(4))
+      [0.2 0.4]
 
     References:
       Sener and Koltun, `Multi-Task Learning as Multi-Objective Optimization
@@ -114,6 +158,7 @@ def mgda(
             f"{normalization!r}."
         )
     _check_iterations("mgda", iterations)
+    _check_exact("mgda", max_exact_terms)
 
     def solve(g, previous, key):
         del previous, key
@@ -122,7 +167,7 @@ def mgda(
             g = _aggregation.unit_gram(g, n, active) * (
                 active[:, None] & active[None, :]
             )
-        alpha = min_norm_simplex(g, iterations)
+        alpha = min_norm_simplex(g, iterations, max_exact_terms)
         return alpha * g.shape[0] if rescale else alpha
 
     return _aggregation.aggregator(
@@ -138,20 +183,23 @@ def _cagrad_objective(w, g, b, phi):
     return w @ b + phi * jnp.sqrt(jnp.maximum(w @ g @ w, 0))
 
 
-def cagrad_simplex(g: jax.Array, c: float, iterations: int = 200) -> jax.Array:
+def cagrad_simplex(
+    g: jax.Array, c: float, iterations: int = 200, max_exact_terms: int = 8
+) -> jax.Array:
     r"""``argmin_{w in simplex} w^T G 1/m + phi sqrt(w^T G w)``, phi = c |g0|.
 
-    Exact for up to 8 terms: on each support :math:`S` the stationary point is
-    closed form, :math:`w_S = (\mu G_{SS}^{-1}\mathbf 1 - G_{SS}^{-1} b_S)/\sqrt D`,
-    with :math:`\mu` the root of a quadratic; the feasible candidate of smallest
-    objective wins. Beyond 8 terms: Frank-Wolfe with step 2/(k+2).
+    Exact for up to ``max_exact_terms`` terms: on each support :math:`S` the
+    stationary point is closed form,
+    :math:`w_S = (\mu G_{SS}^{-1}\mathbf 1 - G_{SS}^{-1} b_S)/\sqrt D`,
+    with :math:`\mu` the root of a quadratic; the feasible candidate of
+    smallest objective wins. Beyond: Frank-Wolfe with step 2/(k+2).
     ``g`` is normalised (trace one, tiny ridge) first; the problem is scale-free.
     """
     m = g.shape[0]
     gs = _aggregation.normalized_gram(g)
     b = gs @ jnp.full((m,), 1 / m, g.dtype)
     phi = c * jnp.sqrt(jnp.maximum(jnp.sum(gs), 0)) / m
-    if m > 8:
+    if m > max_exact_terms:
         start = jnp.full((m,), 1 / m, g.dtype)
 
         def body(k, w):
@@ -197,6 +245,7 @@ def cagrad(
     *,
     rescale: bool = False,
     iterations: int = 200,
+    max_exact_terms: int = 8,
     num_terms: int | None = None,
     update_every: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
@@ -218,13 +267,15 @@ def cagrad(
     neither. The default here is torchjd's (``rescale=False``); ``rescale=True``
     is the official scaling. Default ``c = 0.4`` (the ports'; the official
     function's default is 0.5). The simplex problem is solved exactly in-graph
-    for up to 8 terms (closed form per support), approximately beyond
-    (``iterations`` Frank-Wolfe steps).
+    for up to ``max_exact_terms`` terms (closed form per support), approximately
+    beyond (``iterations`` Frank-Wolfe steps).
 
     Args:
       c: the radius of the ball around the mean, relative to its norm (>= 0).
       rescale: divide by :math:`1 + c^2` and multiply by :math:`m` (official).
-      iterations: Frank-Wolfe iterations, for more than 8 terms only.
+      iterations: Frank-Wolfe iterations, beyond ``max_exact_terms`` terms only.
+      max_exact_terms: the exact solve (:math:`2^m` small solves) up to this
+        many terms.
       num_terms: the number of loss terms; needed for ``update_every > 1``.
       update_every: recompute the weights every this many steps (in between:
         the weighted sum with the stored weights).
@@ -234,11 +285,11 @@ def cagrad(
       :func:`optax_invloss.config`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.cagrad(c=0.5)
       >>> grads = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([-1.0, 1.0])}
       >>> update, _ = tx.update(grads, tx.init(jnp.zeros(2)))
-      >>> print(update.round(4))
+      >>> print(np.asarray(update, float).round(4))
       [0.25 0.5 ]
 
     References:
@@ -248,11 +299,12 @@ def cagrad(
     if not isinstance(c, (int, float)) or isinstance(c, bool) or c < 0:
         raise ValueError(f"cagrad: c must be a number >= 0, got c = {c!r}.")
     _check_iterations("cagrad", iterations)
+    _check_exact("cagrad", max_exact_terms)
 
     def solve(g, previous, key):
         del previous, key
         m = g.shape[0]
-        w = cagrad_simplex(g, c, iterations)
+        w = cagrad_simplex(g, c, iterations, max_exact_terms)
         gw2 = w @ g @ w
         g02 = jnp.sum(g) / m**2
         ok = gw2 > 0

@@ -89,11 +89,11 @@ def nash_mtl(
       :func:`optax_invloss.config`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.nash_mtl()
       >>> grads = {"a": jnp.array([-4.0, 1.0, 1.0]), "b": jnp.array([6.0, 1.0, 1.0])}
       >>> update, _ = tx.update(grads, tx.init(jnp.zeros(3)))
-      >>> print(update.round(4))
+      >>> print(np.asarray(update, float).round(4))
       [0.0542 0.7061 0.7061]
 
     References:

@@ -80,11 +80,11 @@ def pcgrad(
       :func:`optax_invloss.config`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.pcgrad()
       >>> grads = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([-1.0, 1.0])}
       >>> update, _ = tx.update(grads, tx.init(jnp.zeros(2)))
-      >>> print(update)
+      >>> print(np.asarray(update, float).round(4))
       [0.5 1.5]
 
     References:

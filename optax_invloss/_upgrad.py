@@ -148,11 +148,11 @@ def upgrad(
       :func:`optax_invloss.config`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.upgrad()
       >>> grads = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([-1.0, 1.0])}
       >>> update, _ = tx.update(grads, tx.init(jnp.zeros(2)))
-      >>> print(update.round(4))
+      >>> print(np.asarray(update, float).round(4))
       [0.25 0.75]
 
     References:
@@ -217,11 +217,11 @@ def dualproj(
       :func:`optax_invloss.config`.
 
     Examples:
-      >>> import jax.numpy as jnp, optax_invloss
+      >>> import jax.numpy as jnp, numpy as np, optax_invloss
       >>> tx = optax_invloss.dualproj()
       >>> grads = {"a": jnp.array([-4.0, 1.0, 1.0]), "b": jnp.array([6.0, 1.0, 1.0])}
       >>> update, _ = tx.update(grads, tx.init(jnp.zeros(3)))
-      >>> print(update.round(4))
+      >>> print(np.asarray(update, float).round(4))
       [0.5556 1.1111 1.1111]
 
     References:
