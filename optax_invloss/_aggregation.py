@@ -86,6 +86,26 @@ def term_gradients(loss_fn: Callable, params: Any) -> Any:
     return jax.tree.unflatten(out_def, [term(i) for i in range(out_def.num_leaves)])
 
 
+def _term_matcher(params: Any) -> Callable[[Any], bool]:
+    """Whether a subtree is one term's gradient: the structure of ``params``, or
+    the same leaf paths (a plain dict where params is an ``nnx.State``)."""
+    ptree = jax.tree.structure(params)
+    paths = [jax.tree_util.keystr(p) for p, _ in _flat_paths(params)]
+
+    def is_term(x) -> bool:
+        if jax.tree.structure(x) == ptree:
+            return True
+        if ptree.num_leaves == 1 or not isinstance(x, (Mapping, list, tuple)):
+            return False
+        return [jax.tree_util.keystr(p) for p, _ in _flat_paths(x)] == paths
+
+    return is_term
+
+
+def _flat_paths(tree):
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
 def split_terms(term_grads: Any, params: Any, *, method: str) -> tuple[list, Any]:
     """The per-term gradients as a list of parameter-shaped pytrees, and the outer
     structure (the terms').
@@ -104,13 +124,12 @@ def split_terms(term_grads: Any, params: Any, *, method: str) -> tuple[list, Any
                 "loss_fn, params) or jax.jacrev(loss_fn)(params)), or loss_fn= "
                 "as a keyword input."
             )
-        terms, outer = jax.tree.flatten(
-            term_grads, is_leaf=lambda x: jax.tree.structure(x) == ptree
-        )
+        is_term = _term_matcher(params)
+        terms, outer = jax.tree.flatten(term_grads, is_leaf=is_term)
         for path, term in jax.tree_util.tree_flatten_with_path(
-            term_grads, is_leaf=lambda x: jax.tree.structure(x) == ptree
+            term_grads, is_leaf=is_term
         )[0]:
-            if jax.tree.structure(term) != ptree:
+            if not is_term(term):
                 raise ValueError(
                     f"{method}: the gradient of term {jax.tree_util.keystr(path)} "
                     "does not have the structure of params.\n  term:   "
@@ -315,7 +334,7 @@ def aggregator(
         w = solve(g, previous, sub)
         return w.astype(g.dtype), key
 
-    def from_terms(terms, state, due):
+    def from_terms(terms, state, due, like):
         stacked = stack_terms(terms)
         g = gram(stacked)
         if update_every == 1:
@@ -327,7 +346,7 @@ def aggregator(
                 lambda: weights_from(g, state),
                 lambda: (stored, state.aggregation_key),
             )
-        return combine(w, stacked, terms[0]), w, key
+        return combine(w, stacked, like), w, key
 
     def update_fn(updates, state, params=None, *, loss_fn=None, **extra):
         del extra
@@ -335,7 +354,8 @@ def aggregator(
         if loss_fn is None:
             terms, _ = split_terms(updates, params, method=name)
             check_m(len(terms))
-            direction, w, key = from_terms(terms, state, due)
+            like = terms[0] if params is None else params
+            direction, w, key = from_terms(terms, state, due, like)
         else:
             if params is None:
                 raise ValueError(
@@ -346,13 +366,10 @@ def aggregator(
 
             def refresh():
                 terms = jax.tree.leaves(
-                    term_gradients(loss_fn, params),
-                    is_leaf=lambda x: (
-                        jax.tree.structure(x) == jax.tree.structure(params)
-                    ),
+                    term_gradients(loss_fn, params), is_leaf=_term_matcher(params)
                 )
                 check_m(len(terms))
-                return from_terms(terms, state, True)
+                return from_terms(terms, state, True, params)
 
             if update_every == 1:
                 direction, w, key = refresh()
