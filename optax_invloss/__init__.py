@@ -8,11 +8,17 @@ Flax NNX training loops.
 
 from importlib import metadata as _metadata
 
+from optax_invloss._aggregation import (
+    AggregatorState,
+    aggregation_weights,
+    term_gradients,
+)
 from optax_invloss._base import (
     WeightingMethod,
     loss_weights,
     weighted_sum,
 )
+from optax_invloss._config import config, imtl_g
 from optax_invloss._dwa import DWAState, dwa
 from optax_invloss._grad_norm_balance import GradNormBalanceState, grad_norm_balance
 from optax_invloss._gradients import last_layer_mask, weight_matrix_mask
@@ -21,10 +27,14 @@ from optax_invloss._inverse_loss import InverseLossState, inverse_loss
 from optax_invloss._lbfgs import LBFGSInfo, run_lbfgs
 from optax_invloss._line_search import reset_lbfgs, reset_on_new_weights
 from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
+from optax_invloss._m_config import MConFIGState, m_config, m_config_term
+from optax_invloss._mgda import cagrad, mgda
+from optax_invloss._nash_mtl import nash_mtl
 from optax_invloss._nnx import nnx_params_fn
 from optax_invloss._ntk_weights import NTKWeightsState, ntk_weights
 from optax_invloss._objectives import log_objective, weighted_objective
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
+from optax_invloss._pcgrad import pcgrad
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
 from optax_invloss._sharding import global_mean, sharded
 from optax_invloss._softadapt import SoftAdaptState, softadapt
@@ -33,6 +43,7 @@ from optax_invloss._uncertainty_weighting import (
     UncertaintyWeightingState,
     uncertainty_weighting,
 )
+from optax_invloss._upgrad import dualproj, upgrad
 
 try:  # the installed distribution's version (pyproject.toml holds the one number)
     __version__ = _metadata.version("optax_invloss")
@@ -40,12 +51,14 @@ except _metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = (
+    "AggregatorState",
     "DWAState",
     "GradNormBalanceState",
     "GradNormState",
     "InverseLossState",
     "LBFGSInfo",
     "LRAnnealingState",
+    "MConFIGState",
     "NTKWeightsState",
     "ReLoBRaLoState",
     "SoftAdaptState",
@@ -53,17 +66,28 @@ __all__ = (
     "UncertaintyWeightingState",
     "WeightedOptimizerState",
     "WeightingMethod",
+    "aggregation_weights",
+    "cagrad",
+    "config",
+    "dualproj",
     "dwa",
     "global_mean",
     "grad_norm_balance",
     "gradnorm",
+    "imtl_g",
     "inverse_loss",
     "last_layer_mask",
     "log_objective",
     "loss_weights",
     "lr_annealing",
     "nnx_params_fn",
+
+    "m_config",
+    "m_config_term",
+    "mgda",
+    "nash_mtl",
     "ntk_weights",
+    "pcgrad",
     "relobralo",
     "reset_lbfgs",
     "reset_on_new_weights",
@@ -71,7 +95,9 @@ __all__ = (
     "sharded",
     "softadapt",
     "static_weights",
+    "term_gradients",
     "uncertainty_weighting",
+    "upgrad",
     "weight_matrix_mask",
     "weighted_objective",
     "weighted_sum",
