@@ -124,7 +124,7 @@ def m_config(
       ...     print(np.asarray(updates, float).round(4) + 0.0)
       [0. 0.]
       [ 0.1 -0.1]
-      [ 0.1 -0.1]
+      [ 0.0988 -0.1   ]
 
     References:
       Liu, Chu and Thuerey, `ConFIG: Towards Conflict-free Training of Physics
