@@ -27,7 +27,11 @@ from optax_invloss._lbfgs import (
 from optax_invloss._lr_annealing import LRAnnealingState, lr_annealing
 from optax_invloss._ntk import NTKWeightsState, ntk_weights
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
+from optax_invloss._pointwise import PointWeightingMethod, pointwise_loss
+from optax_invloss._rba import RBAState, rba
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
+from optax_invloss._resnorm import ResNormState, resnorm
+from optax_invloss._self_adaptive import SelfAdaptiveState, self_adaptive
 from optax_invloss._sharding import global_mean, sharded
 from optax_invloss._softadapt import SoftAdaptState, softadapt
 from optax_invloss._static import StaticWeightsState, static_weights
@@ -46,7 +50,11 @@ __all__ = (
     "LBFGSInfo",
     "LRAnnealingState",
     "NTKWeightsState",
+    "PointWeightingMethod",
+    "RBAState",
     "ReLoBRaLoState",
+    "ResNormState",
+    "SelfAdaptiveState",
     "SoftAdaptState",
     "StaticWeightsState",
     "UncertaintyWeightingState",
@@ -62,10 +70,14 @@ __all__ = (
     "loss_weights",
     "lr_annealing",
     "ntk_weights",
+    "pointwise_loss",
+    "rba",
     "relobralo",
     "reset_lbfgs",
     "reset_on_new_weights",
+    "resnorm",
     "run_lbfgs",
+    "self_adaptive",
     "sharded",
     "softadapt",
     "static_weights",

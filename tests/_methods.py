@@ -137,6 +137,7 @@ CASES = [
         lambda: oil.uncertainty_weighting(learning_rate=0.1),
     ),
     MethodCase("dwa_window3", lambda: oil.dwa(temperature=0.1, window=3)),
+    MethodCase("resnorm_lr0.05", lambda: oil.resnorm(learning_rate=0.05)),
     MethodCase(
         "lr_annealing",
         lambda: oil.lr_annealing(reference="pde", update_every=1, mask=None),
