@@ -1,76 +1,7 @@
-r"""Per-point weights: the shape shared by residual-based attention and SA-PINN.
+"""Per-point weights: the shape shared by residual-based attention and SA-PINN.
 
-A term weighting returns one number per loss term. A per-point weighting weights
-the collocation points *inside* a term: its input is each term's vector of
-per-point residuals :math:`r_{i,1}, \dots, r_{i,N_i}` (a pytree by term of arrays
-of shape ``(N_i,)``, or ``(N_i, k)`` for ``k`` equations at the same points) and
-its output per-point weights :math:`\lambda_{i,j}` of the same shapes::
-
-  state = method.init(residuals)
-  weights, state = method.update(residuals, state, indices=None)
-  term_losses = method.loss(residuals, weights)  # {"pde": scalar, ...}
-
-The state holds one weight per point of each weighted term, in the field
-``point_weights`` (a dict by term name), next to ``weighting_step`` and
-``skipped_updates`` as in every other method. Everything is traced: ``update``
-runs under ``jax.jit`` and in ``lax.scan``; the residuals are read through
-``jax.lax.stop_gradient``, so ``update`` can be called inside the function that
-is differentiated.
-
-The training step. Compute the residuals once, inside the differentiated
-function, update the weights from them and form the weighted loss with the
-weights ``update`` returns; the new state comes out as an auxiliary value::
-
-  def step(params, opt_state, point_state):
-      def total(p):
-          residuals = residual_fn(p)  # {"pde": (N,), "ic": (M,)}
-          weights, new_point_state = method.update(residuals, point_state)
-          losses = method.loss(residuals, weights)
-          return sum(losses.values()), new_point_state
-
-      (_, point_state), grads = jax.value_and_grad(total, has_aux=True)(params)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, point_state
-
-``method.loss`` holds the weights constant (stop-gradient). Its scalar terms can
-also go through a term weighting (:func:`optax_invloss.weighted_sum`).
-
-Points. The weights belong to points, so the points must stay the same from one
-step to the next. Two ways are supported:
-
-- a fixed collocation set: ``init`` and every ``update`` see the same number of
-  points per term. A term whose number of points changed is an error that names
-  the term (a resampled set of the same size is not detected: the weights would
-  silently move to the new points, so keep the points fixed).
-- index-addressed updates: ``init`` gets the shapes of a fixed *pool* of points
-  (``jax.ShapeDtypeStruct((N_pool,), jnp.float32)`` will do), each step draws a
-  minibatch of ``B`` points from it, and ``update(residuals, state,
-  indices={"pde": idx})`` with ``idx`` of shape ``(B,)`` (integers in
-  ``[0, N_pool)``) updates only those entries and returns the batch's weights,
-  of shape ``(B,)``. Terms without an entry in ``indices`` must have the pool's
-  shape. Repeated indices in one batch are allowed (their updates agree for
-  methods that depend on the point alone; otherwise one of them is kept).
-
-Bad values. Residuals are signed, so negative values are ordinary. If any
-residual is NaN or infinite, or an index is out of range (negative or
-``>= N_pool``) inside ``jax.jit``, the update is skipped: the state keeps its
-values and ``skipped_updates`` goes up by one; the weights returned are the
-stored ones (0 for out-of-range indices). Out-of-range indices that are known
-outside ``jit`` (concrete arrays) raise ``ValueError`` at once.
-
-L-BFGS. Like the term weights of :func:`optax_invloss.run_lbfgs`'s default
-policy, per-point weights are frozen while L-BFGS runs: build one fixed
-objective from the last weights and stop calling ``update``::
-
-  weights = ...  # the last weights update returned
-  loss_fn = lambda p: method.loss(residual_fn(p), weights)
-  value_fn = lambda p: sum(loss_fn(p).values())  # for optax.lbfgs
-
-or hand ``loss_fn`` to :func:`optax_invloss.run_lbfgs` with
-``optax_invloss.static_weights`` of 1 for every term.
-
-Not built: causal time weighting (Wang, Sankaran and Perdikaris 2022); its
-authors state that the algorithm is patented and not for commercial use.
+See :class:`PointWeightingMethod` for the shape, the training step, the two
+ways of addressing points, bad values and L-BFGS.
 """
 
 from __future__ import annotations
@@ -88,7 +19,79 @@ Residuals = Any  # a pytree by term of arrays of per-point residuals
 
 
 class PointWeightingMethod(NamedTuple):
-    """A per-point weighting method: ``(init, update)`` and its weighted loss.
+    r"""A per-point weighting method: ``(init, update)`` and its weighted loss.
+
+    A term weighting returns one number per loss term. A per-point weighting weights
+    the collocation points *inside* a term: its input is each term's vector of
+    per-point residuals :math:`r_{i,1}, \dots, r_{i,N_i}` (a pytree by term of arrays
+    of shape ``(N_i,)``, or ``(N_i, k)`` for ``k`` equations at the same points) and
+    its output per-point weights :math:`\lambda_{i,j}` of the same shapes::
+
+      state = method.init(residuals)
+      weights, state = method.update(residuals, state, indices=None)
+      term_losses = method.loss(residuals, weights)  # {"pde": scalar, ...}
+
+    The state holds one weight per point of each weighted term, in the field
+    ``point_weights`` (a dict by term name), next to ``weighting_step`` and
+    ``skipped_updates`` as in every other method. Everything is traced: ``update``
+    runs under ``jax.jit`` and in ``lax.scan``; the residuals are read through
+    ``jax.lax.stop_gradient``, so ``update`` can be called inside the function that
+    is differentiated.
+
+    The training step. Compute the residuals once, inside the differentiated
+    function, update the weights from them and form the weighted loss with the
+    weights ``update`` returns; the new state comes out as an auxiliary value::
+
+      def step(params, opt_state, point_state):
+          def total(p):
+              residuals = residual_fn(p)  # {"pde": (N,), "ic": (M,)}
+              weights, new_point_state = method.update(residuals, point_state)
+              losses = method.loss(residuals, weights)
+              return sum(losses.values()), new_point_state
+
+          (_, point_state), grads = jax.value_and_grad(total, has_aux=True)(params)
+          updates, opt_state = optimizer.update(grads, opt_state, params)
+          return optax.apply_updates(params, updates), opt_state, point_state
+
+    ``method.loss`` holds the weights constant (stop-gradient). Its scalar terms can
+    also go through a term weighting (:func:`optax_invloss.weighted_sum`).
+
+    Points. The weights belong to points, so the points must stay the same from one
+    step to the next. Two ways are supported:
+
+    - a fixed collocation set: ``init`` and every ``update`` see the same number of
+      points per term. A term whose number of points changed is an error that names
+      the term (a resampled set of the same size is not detected: the weights would
+      silently move to the new points, so keep the points fixed).
+    - index-addressed updates: ``init`` gets the shapes of a fixed *pool* of points
+      (``jax.ShapeDtypeStruct((N_pool,), jnp.float32)`` will do), each step draws a
+      minibatch of ``B`` points from it, and ``update(residuals, state,
+      indices={"pde": idx})`` with ``idx`` of shape ``(B,)`` (integers in
+      ``[0, N_pool)``) updates only those entries and returns the batch's weights,
+      of shape ``(B,)``. Terms without an entry in ``indices`` must have the pool's
+      shape. Repeated indices in one batch are allowed (their updates agree for
+      methods that depend on the point alone; otherwise one of them is kept).
+
+    Bad values. Residuals are signed, so negative values are ordinary. If any
+    residual is NaN or infinite, or an index is out of range (negative or
+    ``>= N_pool``) inside ``jax.jit``, the update is skipped: the state keeps its
+    values and ``skipped_updates`` goes up by one; the weights returned are the
+    stored ones (0 for out-of-range indices). Out-of-range indices that are known
+    outside ``jit`` (concrete arrays) raise ``ValueError`` at once.
+
+    L-BFGS. Like the term weights of :func:`optax_invloss.run_lbfgs`'s default
+    policy, per-point weights are frozen while L-BFGS runs: build one fixed
+    objective from the last weights and stop calling ``update``::
+
+      weights = ...  # the last weights update returned
+      loss_fn = lambda p: method.loss(residual_fn(p), weights)
+      value_fn = lambda p: sum(loss_fn(p).values())  # for optax.lbfgs
+
+    or hand ``loss_fn`` to :func:`optax_invloss.run_lbfgs` with
+    ``optax_invloss.static_weights`` of 1 for every term.
+
+    Not built: causal time weighting (Wang, Sankaran and Perdikaris 2022); its
+    authors state that the algorithm is patented and not for commercial use.
 
     Attributes:
       init: ``init(residuals) -> state``. Only the structure, shapes and dtypes of
@@ -99,6 +102,45 @@ class PointWeightingMethod(NamedTuple):
       loss: ``loss(residuals, weights) -> term losses``, the method's weighted
         loss form (:func:`pointwise_loss` with the method's ``power``): one scalar
         per term, in the residuals' structure, the weights held constant.
+
+    Examples:
+      Fit :math:`u = a x + b` to :math:`2x + 1` with a boundary value
+      :math:`u(0) = 1`, RBA on the ``pde`` points, then L-BFGS on the frozen
+      weights:
+
+      >>> import jax, jax.numpy as jnp, optax, optax_invloss
+      >>> x = jnp.linspace(0.0, 1.0, 16)
+      >>> def residual_fn(p):
+      ...     return {"pde": p["a"] * x + p["b"] - (2.0 * x + 1.0),
+      ...             "bc": jnp.stack([p["b"] - 1.0])}
+      >>> method = optax_invloss.rba(eta=0.1, gamma=0.9)
+      >>> params = {"a": jnp.zeros(()), "b": jnp.zeros(())}
+      >>> optimizer = optax.adam(0.05)
+      >>> opt_state = optimizer.init(params)
+      >>> point_state = method.init(residual_fn(params))
+      >>> @jax.jit
+      ... def step(params, opt_state, point_state):
+      ...     def total(p):
+      ...         residuals = residual_fn(p)
+      ...         weights, new_state = method.update(residuals, point_state)
+      ...         losses = method.loss(residuals, weights)
+      ...         return sum(losses.values()), (new_state, weights)
+      ...     (_, (point_state, weights)), grads = jax.value_and_grad(
+      ...         total, has_aux=True)(params)
+      ...     updates, opt_state = optimizer.update(grads, opt_state, params)
+      ...     return (optax.apply_updates(params, updates), opt_state,
+      ...             point_state, weights)
+      >>> for _ in range(200):
+      ...     params, opt_state, point_state, weights = step(
+      ...         params, opt_state, point_state)
+      >>> print(int(point_state.weighting_step), weights["bc"])
+      200 [1.]
+      >>> loss_fn = lambda p: method.loss(residual_fn(p), weights)  # frozen
+      >>> static = optax_invloss.static_weights({"pde": 1.0, "bc": 1.0})
+      >>> params, _, info = optax_invloss.run_lbfgs(
+      ...     loss_fn, params, static.init(loss_fn(params)), iterations=20)
+      >>> print(f"a = {float(params['a']):.3f}, b = {float(params['b']):.3f}")
+      a = 2.000, b = 1.000
     """
 
     init: Callable[..., Any]

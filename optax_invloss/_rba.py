@@ -58,7 +58,7 @@ def rba(
     The weights returned by ``update`` are the new :math:`\lambda`, computed
     from the residuals given: as in the authors' code, a step's residuals first
     update :math:`\lambda` and are then weighted by it (call ``update`` inside
-    the differentiated function, see :mod:`optax_invloss._pointwise`).
+    the differentiated function, see :class:`optax_invloss.PointWeightingMethod`).
 
     Loss form. The authors' two codes differ: the PyTorch notebooks use
     :math:`(\lambda r)^2`, the JAX notebooks :math:`\lambda r^2`. The default
@@ -99,7 +99,7 @@ def rba(
     Returns:
       A :class:`optax_invloss.PointWeightingMethod`. ``update(residuals, state,
       *, indices=None)``: ``indices`` maps a term's name to the pool positions of
-      a minibatch's points (see :mod:`optax_invloss._pointwise`).
+      a minibatch's points (see :class:`optax_invloss.PointWeightingMethod`).
 
     Examples:
       >>> import jax.numpy as jnp

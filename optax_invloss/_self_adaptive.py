@@ -73,7 +73,7 @@ def self_adaptive(
 
     L-BFGS: frozen (the authors' 10k L-BFGS steps keep the weights fixed): stop
     calling ``update`` and minimise the fixed objective built from the last
-    weights (see :mod:`optax_invloss._pointwise`).
+    weights (see :class:`optax_invloss.PointWeightingMethod`).
 
     Bad values: a NaN or infinite residual (or an out-of-range index inside
     ``jit``) skips the update: the weights, the optimizer's state and the step
@@ -97,7 +97,7 @@ def self_adaptive(
     Returns:
       A :class:`optax_invloss.PointWeightingMethod` whose ``loss`` is
       :math:`\frac1N \sum_j (\lambda_j r_j)^2` per term. ``update(residuals,
-      state, *, indices=None)`` (see :mod:`optax_invloss._pointwise`).
+      state, *, indices=None)`` (see :class:`optax_invloss.PointWeightingMethod`).
 
     Examples:
       >>> import jax.numpy as jnp, optax

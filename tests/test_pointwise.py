@@ -112,7 +112,8 @@ def test_checkpoint_round_trip_is_bit_identical(method):
         w, resumed = step(resumed, k)
     for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(w_ref), strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
+    pairs = zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True)
+    for a, b in pairs:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -224,7 +225,7 @@ def test_pointwise_loss_holds_the_weights_constant():
     r = {"pde": jnp.asarray([1.0, -2.0])}
     w = {"pde": jnp.asarray([0.5, 3.0])}
     for power in (1, 2):
-        g = jax.grad(lambda w: oil.pointwise_loss(r, w, power=power)["pde"])(w)
+        g = jax.grad(lambda w, k=power: oil.pointwise_loss(r, w, power=k)["pde"])(w)
         np.testing.assert_array_equal(g["pde"], [0.0, 0.0])
     # d/dr mean((w r)^2) = w^2 r; d/dr mean(w r^2) = w r (N = 2).
     g2 = jax.grad(lambda r: oil.pointwise_loss(r, w, power=2)["pde"])(r)
