@@ -35,7 +35,11 @@ from optax_invloss._ntk_weights import NTKWeightsState, ntk_weights
 from optax_invloss._objectives import log_objective, weighted_objective
 from optax_invloss._optax import WeightedOptimizerState, with_weighting
 from optax_invloss._pcgrad import pcgrad
+from optax_invloss._pointwise import PointWeightingMethod, pointwise_loss
+from optax_invloss._rba import RBAState, rba
 from optax_invloss._relobralo import ReLoBRaLoState, relobralo
+from optax_invloss._resnorm import ResNormState, resnorm
+from optax_invloss._self_adaptive import SelfAdaptiveState, self_adaptive
 from optax_invloss._sharding import global_mean, sharded
 from optax_invloss._softadapt import SoftAdaptState, softadapt
 from optax_invloss._static_weights import StaticWeightsState, static_weights
@@ -60,7 +64,11 @@ __all__ = (
     "LRAnnealingState",
     "MConFIGState",
     "NTKWeightsState",
+    "PointWeightingMethod",
+    "RBAState",
     "ReLoBRaLoState",
+    "ResNormState",
+    "SelfAdaptiveState",
     "SoftAdaptState",
     "StaticWeightsState",
     "UncertaintyWeightingState",
@@ -80,18 +88,21 @@ __all__ = (
     "log_objective",
     "loss_weights",
     "lr_annealing",
-    "nnx_params_fn",
-
     "m_config",
     "m_config_term",
     "mgda",
     "nash_mtl",
+    "nnx_params_fn",
     "ntk_weights",
     "pcgrad",
+    "pointwise_loss",
+    "rba",
     "relobralo",
     "reset_lbfgs",
     "reset_on_new_weights",
+    "resnorm",
     "run_lbfgs",
+    "self_adaptive",
     "sharded",
     "softadapt",
     "static_weights",

@@ -146,6 +146,7 @@ CASES = [
         strict=False,
     ),
     MethodCase("dwa_window3", lambda: oil.dwa(temperature=0.1, window=3)),
+    MethodCase("resnorm_lr0.05", lambda: oil.resnorm(learning_rate=0.05)),
     # The default mask (the weight matrix w).
     MethodCase(
         "lr_annealing",

@@ -25,10 +25,10 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 
 import nbformat
 import pytest
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -77,7 +77,9 @@ def test_no_placeholder_and_one_address(path):
     for url in urls:
         assert "<" not in url and ">" not in url and "{" not in url, url
     # Every address of this project, on GitHub or through Colab, is pyproject's.
-    for owner_name in re.findall(r"github\.com/(?:github/)?([^/\s]+/optax_invloss)", text):
+    for owner_name in re.findall(
+        r"github\.com/(?:github/)?([^/\s]+/optax_invloss)", text
+    ):
         assert owner_name == SLUG, (path.name, owner_name, SLUG)
     for url in urls:
         if "colab.research.google.com/github/" in url:
@@ -99,7 +101,9 @@ def test_install_cells_are_one_cell_from_the_declared_address():
         assert read(path).cells[1].source == first, path.name
     assert "OPTAX_INVLOSS_SOURCE" in first
     assert f'"git+{REPO}"' in first
-    assert re.search(r'%pip install -q "optax_invloss\[notebooks\] @ \{SOURCE\}"', first)
+    assert re.search(
+        r'%pip install -q "optax_invloss\[notebooks\] @ \{SOURCE\}"', first
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -108,7 +112,9 @@ def test_shell_lines_have_no_redirections(path):
     for cell in code_cells(read(path)):
         for line in cell.splitlines():
             if line.lstrip().startswith("!"):
-                lexer = shlex.shlex(line.lstrip()[1:], posix=True, punctuation_chars=True)
+                lexer = shlex.shlex(
+                    line.lstrip()[1:], posix=True, punctuation_chars=True
+                )
                 tokens = list(lexer)
                 assert not {"<", ">", ">>", "|", ";", "&"} & set(tokens), line
 
@@ -194,7 +200,9 @@ def _build(venv: pathlib.Path, scratch: pathlib.Path) -> dict:
     _run([sys.executable, "-m", "venv", venv])
     python = venv / "bin" / "python"
     _run([python, "-m", "pip", "install", "-q", "ipykernel", "nbclient"], timeout=900)
-    _run([python, "-m", "ipykernel", "install", "--prefix", venv, "--name", VENV_KERNEL])
+    _run(
+        [python, "-m", "ipykernel", "install", "--prefix", venv, "--name", VENV_KERNEL]
+    )
     (venv / "runner.py").write_text(RUNNER)
     before = subprocess.run(
         [python, "-c", "import optax_invloss"], env=_env(), capture_output=True
@@ -254,7 +262,10 @@ def test_notebook_runs_in_the_fresh_venv(path, fresh_venv, tmp_path):
     install = executed.cells[1]
     assert not install.outputs, install.outputs  # installed: the cell did nothing
     errors = [
-        o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.outputs
         if o.output_type == "error"
     ]
     assert not errors

@@ -18,6 +18,7 @@ TERMS = {
     "poisson": ("pde", "bc"),
     "wave": ("pde", "bc", "ic", "ic_t"),
     "burgers": ("pde", "left", "right", "ic"),
+    "allen_cahn": ("pde", "ic", "bc", "bc_x"),
 }
 ANALYTIC = ("helmholtz", "helmholtz5", "poisson", "wave")
 # Closed box [low, high] of the domain, per problem.
@@ -27,6 +28,7 @@ BOXES = {
     "poisson": ([0.0], [1.0]),
     "wave": ([0.0, 0.0], [1.0, 1.0]),
     "burgers": ([-1.0, 0.0], [1.0, 1.0]),
+    "allen_cahn": ([-1.0, 0.0], [1.0, 1.0]),
 }
 
 

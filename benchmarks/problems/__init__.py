@@ -17,13 +17,15 @@ Examples:
 
 from benchmarks.problems._base import Preset, Problem, relative_l2
 from benchmarks.problems._mlp import MLP
+from benchmarks.problems.allen_cahn import ALLEN_CAHN
 from benchmarks.problems.burgers import BURGERS
 from benchmarks.problems.helmholtz import HELMHOLTZ, HELMHOLTZ5
 from benchmarks.problems.poisson import POISSON
 from benchmarks.problems.wave import WAVE
 
 PROBLEMS: dict[str, Problem] = {
-    problem.name: problem for problem in (HELMHOLTZ, HELMHOLTZ5, POISSON, WAVE, BURGERS)
+    problem.name: problem
+    for problem in (HELMHOLTZ, HELMHOLTZ5, POISSON, WAVE, BURGERS, ALLEN_CAHN)
 }
 
 
