@@ -308,8 +308,17 @@ def finish(
             )
         old = getattr(state, name)
         fields[name] = unstack(value, old) if _is_stacked(value, old, losses) else value
-    new_state = state._replace(
-        **fields,
+    kept = keep_or_skip(ok, state._replace(**fields), state)
+    return unstack(stack(kept.loss_weights), losses), kept
+
+
+def keep_or_skip(ok: jax.Array, new_state: NamedTuple, state: NamedTuple):
+    """``new_state`` with one more step if ``ok``, else ``state`` with one more skip.
+
+    The state half of :func:`finish`, for states without ``loss_weights`` (the
+    per-point methods). Every leaf is cast to the old state's dtype.
+    """
+    new_state = new_state._replace(
         weighting_step=optax.safe_increment(state.weighting_step),
         skipped_updates=state.skipped_updates,
     )
@@ -318,12 +327,11 @@ def finish(
         new_state,
         state,
     )
-    kept = kept._replace(
+    return kept._replace(
         skipped_updates=jnp.where(
             ok, state.skipped_updates, optax.safe_increment(state.skipped_updates)
         )
     )
-    return unstack(stack(kept.loss_weights), losses), kept
 
 
 def flat_state_optimizer(

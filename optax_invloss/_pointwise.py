@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_invloss import _gradients
+from optax_invloss import _base
 
 Residuals = Any  # a pytree by term of arrays of per-point residuals
 
@@ -190,7 +190,7 @@ def pointwise_loss(residuals: Residuals, weights: Any, *, power: int) -> Any:
             f"  residuals: {jax.tree.structure(residuals)}\n"
             f"  weights:   {jax.tree.structure(weights)}"
         )
-    names = _gradients.term_names(residuals)
+    names = _base.term_names(residuals, short=True)
     out = []
     for name, r, w in zip(
         names, jax.tree.leaves(residuals), jax.tree.leaves(weights), strict=True
@@ -241,7 +241,7 @@ def _leaf_shape_dtype(leaf):
 
 def check_residuals(residuals: Residuals, *, method: str) -> dict[str, tuple]:
     """``{name: (shape, dtype)}`` of each term; ValueError naming a bad term."""
-    names = _gradients.term_names(residuals)
+    names = _base.term_names(residuals, short=True)
     leaves = jax.tree.leaves(residuals)
     if not leaves:
         raise ValueError(
@@ -417,7 +417,7 @@ def weights_out(
 ) -> Any:
     """Weights in the residuals' structure: stored ones at the batch's points, 1
     for unweighted terms, each in its residuals' dtype."""
-    names = _gradients.term_names(residuals)
+    names = _base.term_names(residuals, short=True)
     out = []
     for name, r in zip(names, jax.tree.leaves(residuals), strict=True):
         r = jnp.asarray(r)

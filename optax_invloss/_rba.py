@@ -157,7 +157,7 @@ def rba(
             scaled = magnitude / jnp.where(largest > 0, largest, 1.0)
             at_points = gamma * _pointwise.gather(old, idx) + eta * scaled
             new[n] = _pointwise.scatter(old, idx, at_points)
-        state = _base.finish(batch.ok, state._replace(point_weights=new), state)
+        state = _base.keep_or_skip(batch.ok, state._replace(point_weights=new), state)
         return _pointwise.weights_out(residuals, state.point_weights, batch), state
 
     return _pointwise.PointWeightingMethod(

@@ -193,7 +193,7 @@ def resnorm(
 
     def update(losses, state, **inputs):
         del inputs
-        vector, ok = _base.prepare(losses, state)
+        vector, ok = _base.prepare(losses, state, ResNormState)
         initial = jnp.where(
             state.weighting_step == 0, vector, _base.stack(state.initial_losses)
         )
@@ -205,13 +205,14 @@ def resnorm(
         )
         updates, inner_state = optimizer.update(grads, inner_state, log_weights)
         log_weights = renormalise(optax.apply_updates(log_weights, updates))
-        new_state = state._replace(
-            loss_weights=_base.unstack(jnp.exp(log_weights), state.loss_weights),
-            log_weights=_base.unstack(log_weights, state.log_weights),
-            initial_losses=_base.unstack(initial, state.initial_losses),
+        return _base.finish(
+            losses,
+            state,
+            ok,
+            loss_weights=jnp.exp(log_weights),
+            log_weights=log_weights,
+            initial_losses=initial,
             log_weight_optimizer_state=tuple(jax.tree.leaves(inner_state)),
         )
-        state = _base.finish(ok, new_state, state)
-        return _base.unstack(_base.stack(state.loss_weights), losses), state
 
     return _base.WeightingMethod(init, update)

@@ -183,7 +183,7 @@ def self_adaptive(
             point_weight_optimizer_state=tuple(jax.tree.leaves(inner_state)),
         )
         out = _pointwise.weights_out(residuals, weights, batch)
-        return out, _base.finish(batch.ok, new_state, state)
+        return out, _base.keep_or_skip(batch.ok, new_state, state)
 
     return _pointwise.PointWeightingMethod(
         init, update, functools.partial(_pointwise.pointwise_loss, power=2)

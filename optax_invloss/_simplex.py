@@ -65,7 +65,7 @@ def project_capped_simplex(
     at_lo = (lower >= end) if lo > 0 else jnp.zeros((n,), bool)
     at_hi = (upper <= start) & ~at_lo
     free = ~at_lo & ~at_hi
-    rest = 1.0 - lo * jnp.sum(at_lo) - hi * jnp.sum(at_hi)
+    rest = 1.0 - lo * jnp.sum(at_lo, dtype=dtype) - hi * jnp.sum(at_hi, dtype=dtype)
     top = jnp.max(jnp.where(free, exponent, jnp.iinfo(jnp.int32).min))
     shares = jnp.where(free, _numerics.scale_by_pow2(mantissa, exponent - top), 0.0)
     total = jnp.sum(shares)
