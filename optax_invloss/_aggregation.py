@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base, _gradients
+from optax_invloss import _base, _checks, _gradients
 
 Solve = Callable[..., jax.Array]  # (G, previous_weights, key) -> weights (m,)
 
@@ -274,7 +274,7 @@ def check_common(name: str, num_terms, update_every) -> None:
             f"{name}: num_terms must be None or a positive int, got num_terms = "
             f"{num_terms!r}."
         )
-    _base.check_every("update_every", update_every)
+    _checks.check_every("update_every", update_every)
     if update_every > 1 and num_terms is None:
         raise ValueError(
             f"{name}: update_every = {update_every} keeps the weights between "

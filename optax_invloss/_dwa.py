@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _numerics
+from optax_invloss import _base, _checks, _numerics
 
 
 class DWAState(NamedTuple):
@@ -107,8 +107,8 @@ def dwa(temperature: float = 2.0, window: int = 1) -> _base.WeightingMethod:
       Liu, Johns and Davison, `End-to-End Multi-Task Learning with Attention
       <https://arxiv.org/abs/1803.10704>`_, CVPR 2019.
     """
-    _base.check_positive("temperature", temperature)
-    _base.check_every("window", window)
+    _checks.check_positive("temperature", temperature)
+    _checks.check_every("window", window)
 
     def init(losses):
         _base.check_losses(losses)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _gradients, _numerics
+from optax_invloss import _base, _checks, _gradients, _numerics
 
 
 class GradNormBalanceState(NamedTuple):
@@ -119,9 +119,9 @@ def grad_norm_balance(
       Wang, Sankaran, Wang and Perdikaris, `An expert's guide to training
       physics-informed neural networks <https://arxiv.org/abs/2308.08468>`_, 2023.
     """
-    _base.check_decay("decay", decay)
-    _base.check_every("update_every", update_every)
-    _base.check_choice("reduction", reduction, _REDUCTIONS)
+    _checks.check_decay("decay", decay)
+    _checks.check_every("update_every", update_every)
+    _checks.check_choice("reduction", reduction, _REDUCTIONS)
     _gradients.check_mask(mask)
     name = "grad_norm_balance"
 

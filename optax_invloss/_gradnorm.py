@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base, _gradients, _numerics
+from optax_invloss import _base, _checks, _gradients, _numerics
 
 
 class GradNormState(NamedTuple):
@@ -171,9 +171,9 @@ def gradnorm(
       for adaptive loss balancing in deep multitask networks
       <https://arxiv.org/abs/1711.02257>`_, ICML 2018.
     """
-    _base.check_range("alpha", alpha, 0)
-    _base.check_positive("learning_rate", learning_rate)
-    _base.check_every("update_every", update_every)
+    _checks.check_range("alpha", alpha, 0)
+    _checks.check_positive("learning_rate", learning_rate)
+    _checks.check_every("update_every", update_every)
     _gradients.check_mask(mask)
     optimizer = _base.flat_state_optimizer(optimizer, learning_rate)
     name = "gradnorm"

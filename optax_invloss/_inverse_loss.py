@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _numerics, _simplex
+from optax_invloss import _base, _checks, _numerics, _simplex
 
 
 class InverseLossState(NamedTuple):
@@ -179,12 +179,12 @@ def inverse_loss(
       >>> print({k: round(float(v), 3) for k, v in weights.items()})
       {'bc': 0.95, 'pde': 0.05}
     """
-    _base.check_positive("eps", eps)
-    _base.check_decay("ema_decay", ema_decay)
-    _base.check_every("update_every", update_every)
+    _checks.check_positive("eps", eps)
+    _checks.check_decay("ema_decay", ema_decay)
+    _checks.check_every("update_every", update_every)
     if min_weight is not None:
-        _base.check_range("min_weight", min_weight, 0, 1)
-    _base.check_range("max_weight", max_weight, 0, 1, low_open=True)
+        _checks.check_range("min_weight", min_weight, 0, 1)
+    _checks.check_range("max_weight", max_weight, 0, 1, low_open=True)
     if min_weight is not None and min_weight > max_weight:
         raise ValueError(
             "min_weight must not exceed max_weight, got min_weight = "

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base, _line_search, _nnx, _objectives
+from optax_invloss import _base, _checks, _line_search, _nnx, _objectives
 from optax_invloss._line_search import WEIGHT_RTOL  # noqa: F401 (the old name)
 
 LossFn = Callable[[Any], Any]  # params -> pytree of scalar losses
@@ -85,14 +85,14 @@ def _update_every(method) -> int | None:
 def _check_policy(policy, method, refresh_every, weighting_state, iterations):
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got policy = {policy!r}.")
-    _base.check_every("iterations", iterations)
+    _checks.check_every("iterations", iterations)
     if policy == "refreshed":
         if method is None:
             raise ValueError(
                 "policy='refreshed' recomputes the weights with the method's update: "
                 "pass method=... (the weighting method the state belongs to)."
             )
-        _base.check_every("refresh_every", refresh_every)
+        _checks.check_every("refresh_every", refresh_every)
         every = _update_every(method)
         if every is not None and every > 1:
             raise ValueError(

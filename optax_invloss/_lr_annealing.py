@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _gradients, _numerics
+from optax_invloss import _base, _checks, _gradients, _numerics
 
 
 class LRAnnealingState(NamedTuple):
@@ -163,10 +163,10 @@ def lr_annealing(
             f"reference must be the name of a loss term (a str), got reference = "
             f"{reference!r}."
         )
-    _base.check_decay("decay", decay)
-    _base.check_every("update_every", update_every)
-    _base.check_choice("statistic", statistic, _STATISTICS)
-    _base.check_flag("lambda_inside", lambda_inside)
+    _checks.check_decay("decay", decay)
+    _checks.check_every("update_every", update_every)
+    _checks.check_choice("statistic", statistic, _STATISTICS)
+    _checks.check_flag("lambda_inside", lambda_inside)
     _gradients.check_mask(mask)
     name = "lr_annealing"
 

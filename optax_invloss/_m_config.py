@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _aggregation, _base, _config
+from optax_invloss import _aggregation, _base, _checks, _config
 
 
 class MConFIGState(NamedTuple):
@@ -135,9 +135,9 @@ def m_config(
             f"m_config: num_terms must be a positive int, got num_terms = "
             f"{num_terms!r}."
         )
-    _base.check_decay("b1", b1)
-    _base.check_decay("b2", b2)
-    _base.check_positive("eps", eps)
+    _checks.check_decay("b1", b1)
+    _checks.check_decay("b2", b2)
+    _checks.check_positive("eps", eps)
     if length not in _config.LENGTHS:
         raise ValueError(
             f"m_config: length must be one of {', '.join(map(repr, _config.LENGTHS))}"

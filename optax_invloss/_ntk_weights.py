@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optax_invloss import _base, _gradients, _numerics
+from optax_invloss import _base, _checks, _gradients, _numerics
 
 
 class NTKWeightsState(NamedTuple):
@@ -354,11 +354,11 @@ def ntk_weights(
       tangent kernel perspective <https://arxiv.org/abs/2007.14527>`_, J. Comput.
       Phys. 449, 2022.
     """
-    _base.check_every("update_every", update_every)
-    _base.check_decay("decay", decay)
+    _checks.check_every("update_every", update_every)
+    _checks.check_decay("decay", decay)
     if chunk_size is not None:
-        _base.check_integer("chunk_size", chunk_size, 1)
-    _base.check_flag("per_point", per_point)
+        _checks.check_integer("chunk_size", chunk_size, 1)
+    _checks.check_flag("per_point", per_point)
     _gradients.check_mask(mask)
     name = "ntk_weights"
 

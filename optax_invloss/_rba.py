@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _pointwise
+from optax_invloss import _base, _checks, _pointwise
 
 
 class RBAState(NamedTuple):
@@ -122,8 +122,8 @@ def rba(
       attention in physics-informed neural networks
       <https://arxiv.org/abs/2307.00379>`_, CMAME 421, 2024.
     """
-    _base.check_positive("eta", eta)
-    _base.check_decay("gamma", gamma)
+    _checks.check_positive("eta", eta)
+    _checks.check_decay("gamma", gamma)
     _pointwise.check_power(power)
     terms = _pointwise.check_terms(terms)
     name = "rba"

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _numerics
+from optax_invloss import _base, _checks, _numerics
 
 
 class ReLoBRaLoState(NamedTuple):
@@ -170,9 +170,9 @@ def relobralo(
       Bischof and Kraus, `Multi-Objective Loss Balancing for Physics-Informed
       Deep Learning <https://arxiv.org/abs/2110.09813>`_, 2021.
     """
-    _base.check_range("alpha", alpha, 0, 1)
-    _base.check_positive("temperature", temperature)
-    _base.check_range("lookback", lookback, 0, 1)
+    _checks.check_range("alpha", alpha, 0, 1)
+    _checks.check_positive("temperature", temperature)
+    _checks.check_range("lookback", lookback, 0, 1)
     typed_key = _typed_key(key)
     impl = jax.random.key_impl(typed_key)
     key_data = jax.random.key_data(typed_key)

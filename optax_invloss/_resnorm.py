@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base
+from optax_invloss import _base, _checks
 
 
 class ResNormState(NamedTuple):
@@ -166,8 +166,8 @@ def resnorm(
         0.0 <= alpha < math.inf
     ):
         raise ValueError(f"alpha must be a finite number >= 0, got alpha = {alpha!r}.")
-    _base.check_positive("learning_rate", learning_rate)
-    _base.check_positive("eps", eps)
+    _checks.check_positive("learning_rate", learning_rate)
+    _checks.check_positive("eps", eps)
     if optimizer is None:
         optimizer = optax.sign_sgd(learning_rate)
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import jax
 import optax
 
-from optax_invloss import _base, _pointwise, _relobralo
+from optax_invloss import _base, _checks, _pointwise, _relobralo
 
 
 class SelfAdaptiveState(NamedTuple):
@@ -118,7 +118,7 @@ def self_adaptive(
       using a soft attention mechanism <https://arxiv.org/abs/2009.04544>`_,
       Journal of Computational Physics 474, 2023.
     """
-    _base.check_positive("learning_rate", learning_rate)
+    _checks.check_positive("learning_rate", learning_rate)
     terms = _pointwise.check_terms(terms)
     _pointwise.check_init_scale(init_scale, terms)
     if optimizer is None:

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _numerics
+from optax_invloss import _base, _checks, _numerics
 
 _VARIANTS = ("plain", "normalized", "loss_weighted")
 
@@ -185,10 +185,10 @@ def softadapt(
       Weighting of Neural Networks with Multi-Part Loss Functions
       <https://arxiv.org/abs/1912.12355>`_, 2019.
     """
-    _base.check_finite("beta", beta)
-    _base.check_integer("window", window, 2)  # two values give the first slope
-    _base.check_choice("variant", variant, _VARIANTS)
-    _base.check_every("update_every", update_every)
+    _checks.check_finite("beta", beta)
+    _checks.check_integer("window", window, 2)  # two values give the first slope
+    _checks.check_choice("variant", variant, _VARIANTS)
+    _checks.check_every("update_every", update_every)
     stencil = backward_difference_coefficients(window)
 
     def init(losses):

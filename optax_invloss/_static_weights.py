@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base
+from optax_invloss import _base, _checks
 
 
 class StaticWeightsState(NamedTuple):
@@ -153,8 +153,8 @@ def static_weights(
       {'bc': 1.0, 'pde': 1.0}
     """
     every = None  # the weight of every term, when one number is given
-    if _base.is_real(weights) or isinstance(weights, (str, bytes, bool)):
-        if not (_base.is_real(weights) and math.isfinite(weights) and weights >= 0):
+    if _checks.is_real(weights) or isinstance(weights, (str, bytes, bool)):
+        if not (_checks.is_real(weights) and math.isfinite(weights) and weights >= 0):
             raise ValueError(
                 "weights must be a finite number >= 0 (the weight of every term) "
                 f"or a pytree of them, got weights = {weights!r}."

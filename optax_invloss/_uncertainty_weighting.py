@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_invloss import _base
+from optax_invloss import _base, _checks
 
 
 class UncertaintyWeightingState(NamedTuple):
@@ -129,8 +129,8 @@ def uncertainty_weighting(
       Losses for Scene Geometry and Semantics
       <https://arxiv.org/abs/1705.07115>`_, CVPR 2018.
     """
-    _base.check_positive("learning_rate", learning_rate)
-    _base.check_positive("eps", eps)
+    _checks.check_positive("learning_rate", learning_rate)
+    _checks.check_positive("eps", eps)
     optimizer = _base.flat_state_optimizer(optimizer, learning_rate)
     min_log_variance = math.log(eps)
 

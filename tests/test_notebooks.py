@@ -159,7 +159,10 @@ import sys
 import nbclient, nbformat
 nb = nbformat.read(sys.argv[1], as_version=4)
 nbclient.NotebookClient(
-    nb, timeout=900, kernel_name=sys.argv[3], resources={"metadata": {"path": sys.argv[2]}}
+    nb,
+    timeout=900,
+    kernel_name=sys.argv[3],
+    resources={"metadata": {"path": sys.argv[2]}},
 ).execute()
 nbformat.write(nb, sys.argv[4])
 """
