@@ -168,11 +168,10 @@ def resnorm(
         raise ValueError(f"alpha must be a finite number >= 0, got alpha = {alpha!r}.")
     _checks.check_positive("learning_rate", learning_rate)
     _checks.check_positive("eps", eps)
-    if optimizer is None:
-        optimizer = optax.sign_sgd(learning_rate)
-
-    def inner_treedef(log_weights):
-        return jax.tree.structure(jax.eval_shape(optimizer.init, log_weights))
+    optimizer = _base.flat_state_optimizer(
+        optax.sign_sgd(learning_rate) if optimizer is None else optimizer,
+        learning_rate,
+    )
 
     def init(losses):
         _base.check_losses(losses)
@@ -184,9 +183,7 @@ def resnorm(
             loss_weights=_base.equal_weights(losses, dtype, total=float(n)),
             log_weights=like,
             initial_losses=like,
-            log_weight_optimizer_state=tuple(
-                jax.tree.leaves(optimizer.init(log_weights))
-            ),
+            log_weight_optimizer_state=optimizer.init(log_weights),
             weighting_step=_base.counter(),
             skipped_updates=_base.counter(),
         )
@@ -200,10 +197,9 @@ def resnorm(
         log_weights = renormalise(_base.stack(state.log_weights))
         scaled = jnp.exp(log_weights) * vector
         grads = jnp.sign(scaled - targets(vector, initial, alpha, eps)) * scaled
-        inner_state = jax.tree.unflatten(
-            inner_treedef(log_weights), state.log_weight_optimizer_state
+        updates, inner_state = optimizer.update(
+            grads, state.log_weight_optimizer_state, log_weights
         )
-        updates, inner_state = optimizer.update(grads, inner_state, log_weights)
         log_weights = renormalise(optax.apply_updates(log_weights, updates))
         return _base.finish(
             losses,
@@ -212,7 +208,7 @@ def resnorm(
             loss_weights=jnp.exp(log_weights),
             log_weights=log_weights,
             initial_losses=initial,
-            log_weight_optimizer_state=tuple(jax.tree.leaves(inner_state)),
+            log_weight_optimizer_state=inner_state,
         )
 
     return _base.WeightingMethod(init, update)
