@@ -141,7 +141,7 @@ def slopes(history: jax.Array, stencil) -> tuple[jax.Array, jax.Array]:
     scaled = scale_by_pow2(history, -row_exponent[:, None])  # entries < 1
     raw = scaled @ coefficients
     m = history.shape[1]
-    bound = (m + 1) * jnp.finfo(dtype).eps * (scaled @ jnp.abs(coefficients))
+    bound = float((m + 1) * jnp.finfo(dtype).eps) * (scaled @ jnp.abs(coefficients))
     raw = jnp.where(jnp.abs(raw) <= bound, 0.0, raw)
     # slope_i = raw_i * 2^row_exponent_i: bring all rows to the largest slope's
     # exponent.
