@@ -187,3 +187,19 @@ CASES = [
     # The default mask (the last layer: w).
     MethodCase("gradnorm", lambda: oil.gradnorm(), _loss_gradient_inputs, strict=False),
 ]
+
+
+def one_case_per_method(cases):
+    """The first registry case of each method and set of inputs.
+
+    Variants of a method share the reduction; a different set of keyword inputs
+    (NTK weights with and without ``points``) is reduced differently.
+    """
+    seen, chosen = set(), []
+    for case in cases:
+        inputs = tuple(sorted(case.inputs(None, None)))
+        method = (case.make().update.__qualname__.split(".")[0], inputs)
+        if method not in seen:
+            seen.add(method)
+            chosen.append(case)
+    return chosen

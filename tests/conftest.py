@@ -21,3 +21,20 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# The long tests first (each a minute or so in a fresh environment or a Sphinx
+# build): under xdist's load scheduling they then run beside the many short tests
+# instead of alone at the end of the run.
+LONG_FIRST = (
+    "test_floors.py",
+    "test_notebooks.py",
+    "test_docs.py",
+    "test_readme.py",
+    "test_pinn_runner.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))

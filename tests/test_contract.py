@@ -15,11 +15,18 @@ import numpy as np
 import optax
 import pytest
 from _helpers import factories, factory_of
-from _methods import CASES, toy_loss_fn, toy_params
+from _methods import CASES, one_case_per_method, toy_loss_fn, toy_params
 
 import optax_invloss as oil
 
 IDS = [case.name for case in CASES]
+# Tests of what the wrappers do with a method's update (route keyword inputs, call
+# it under L-BFGS) depend on the update and its declared inputs, not on a variant's
+# hyperparameters: they run for the first case of each method and set of inputs.
+PER_METHOD = one_case_per_method(CASES)
+per_method = pytest.mark.parametrize(
+    "case", PER_METHOD, ids=[c.name for c in PER_METHOD]
+)
 
 
 def _update(case, method, losses, state, params, **extra):
@@ -56,6 +63,7 @@ def test_weights_have_the_losses_structure_and_are_finite(case):
     assert int(state.skipped_updates) == 0
 
 
+@per_method
 def test_unknown_keyword_inputs_are_ignored(case):
     method = case.make()
     params = toy_params()
@@ -263,6 +271,7 @@ def test_optax_wrapper_with_adam_lowers_both_terms(case):
     assert int(opt_state.weighting_state.weighting_step) == 200
 
 
+@per_method
 def test_optax_wrapper_around_lbfgs_accepts_losses(case):
     params = toy_params(jnp.float64)
     method = case.make()

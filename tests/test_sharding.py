@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _methods import CASES, toy_params
+from _methods import CASES, one_case_per_method, toy_params
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -156,23 +156,7 @@ def _train_shard_map(case, x, mask, counts):
     return params, oil.loss_weights(state), per_device
 
 
-def _one_case_per_method(cases):
-    """The first registry case of each method and set of inputs.
-
-    Variants of a method share the reduction; a different set of keyword inputs
-    (NTK weights with and without ``points``) is reduced differently.
-    """
-    seen, chosen = set(), []
-    for case in cases:
-        inputs = tuple(sorted(case.inputs(None, None)))
-        method = (case.make().update.__qualname__.split(".")[0], inputs)
-        if method not in seen:
-            seen.add(method)
-            chosen.append(case)
-    return chosen
-
-
-SHARDING_CASES = _one_case_per_method(CASES)
+SHARDING_CASES = one_case_per_method(CASES)
 
 
 @pytest.fixture(params=SHARDING_CASES, ids=[c.name for c in SHARDING_CASES])
