@@ -1,0 +1,179 @@
+"""Pages generated at build time from committed results and notebooks.
+
+Nothing measured is typed into the documentation sources: at ``builder-inited``
+this extension renders the benchmark tables again from the runner's
+``runs.json`` files (with the same functions that wrote them,
+``benchmarks.report.document`` and ``benchmarks.summary.matrix``), copies the
+committed figures and result pages, and copies the notebooks, whose committed
+outputs myst-nb renders without executing them. The output goes to
+``docs/_generated/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shutil
+
+DOCS = pathlib.Path(__file__).resolve().parents[1]
+ROOT = DOCS.parent
+RESULTS = ROOT / "benchmarks" / "results"
+OUT = DOCS / "_generated"
+
+# The runner's comparison folders shown on the benchmarks page, in this order.
+PINN_FOLDERS = ["main", "helmholtz-paper", "helmholtz", "helmholtz5", "poisson",
+                "wave", "burgers"]
+# Result pages written by the other benchmark scripts (each from its JSON).
+RESULT_PAGES = ["overhead_cpu.md", "lbfgs_policies.md", "inverse_loss_defaults.md",
+                "grad_method_cost.md"]
+
+
+def _title(name: str) -> str:
+    return name.replace("_", " ").replace("-", " ")
+
+
+def _demote_headings(text: str) -> str:
+    """Shifts the markdown headings so the highest is level 2 (under the title)."""
+    levels = [len(m) for m in re.findall(r"^(#{1,6}) ", text, flags=re.M)]
+    if not levels:
+        return text
+    by = 2 - min(levels)
+    return re.sub(r"^(#{1,6}) ", lambda m: "#" * (len(m.group(1)) + by) + " ",
+                  text, flags=re.M)
+
+
+def _strip_links(text: str) -> str:
+    """Relative links of a result page point into the repository, not the site."""
+    return re.sub(r"\[([^\]]+)\]\((?!https?://)[^)]+\)", r"\1", text)
+
+
+def pinn_pages() -> list[str]:
+    from benchmarks import report, summary
+
+    names = []
+    folders = [RESULTS / "pinn" / f for f in PINN_FOLDERS]
+    folders = [f for f in folders if (f / "runs.json").exists()]
+    out = OUT / "benchmarks"
+    for folder in folders:
+        data = json.loads((folder / "runs.json").read_text())
+        body = report.document(data["runs"], data)
+        figures = sorted(folder.glob("*.png"))
+        lines = [f"# PINN runs: {_title(folder.name)}", "",
+                 f"From `benchmarks/results/pinn/{folder.name}/runs.json`.", "",
+                 _demote_headings(body)]
+        for png in figures:
+            shutil.copy(png, out / f"{folder.name}-{png.name}")
+            lines += ["", f"![{png.stem}]({folder.name}-{png.name})"]
+        (out / f"pinn-{folder.name}.md").write_text("\n".join(lines) + "\n")
+        names.append(f"pinn-{folder.name}")
+    sweep = [RESULTS / "pinn" / f for f in ("helmholtz", "helmholtz5", "poisson",
+                                             "wave", "burgers")]
+    sweep = [f for f in sweep if (f / "runs.json").exists()]
+    if sweep:
+        text = summary.matrix(summary.load(sweep))
+        (out / "summary.md").write_text(
+            "Median final relative L2 error over the seeds, and its ratio to equal "
+            "weights on the same problem (below 1: better); the best of each column "
+            "in bold. Rendered from the `runs.json` of "
+            + ", ".join(f"`{f.name}`" for f in sweep) + ".\n\n" + text)
+    return names
+
+
+def result_pages() -> list[str]:
+    names = []
+    for page in RESULT_PAGES:
+        src = RESULTS / page
+        if not src.exists():
+            continue
+        stem = src.stem
+        text = _strip_links(_demote_headings(src.read_text()))
+        (OUT / "benchmarks" / f"{stem}.md").write_text(
+            f"# {_title(stem).capitalize()}\n\nFrom `benchmarks/results/{page}`.\n\n"
+            + text)
+        names.append(stem)
+    return names
+
+
+def notebooks() -> list[str]:
+    out = OUT / "notebooks"
+    names = []
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        shutil.copy(nb, out / nb.name)
+        names.append(nb.stem)
+    return names
+
+
+def toctree(path: pathlib.Path, title: str, intro: str, entries: list[str]) -> None:
+    body = "\n".join(entries)
+    path.write_text(f"# {title}\n\n{intro}\n\n```{{toctree}}\n:maxdepth: 1\n\n"
+                    f"{body}\n```\n")
+
+
+# The API reference: every name in ``optax_invloss.__all__``, grouped. A public
+# name missing from these groups still gets its page, under "More".
+API_GROUPS = {
+    "The training step": ["with_weighting", "weighted_sum", "loss_weights",
+                          "weighted_objective", "WeightingMethod",
+                          "WeightedOptimizerState"],
+    "Term weights from loss values": [
+        "inverse_loss", "static_weights", "softadapt", "relobralo",
+        "uncertainty_weighting", "dwa", "resnorm"],
+    "Term weights from gradients": [
+        "lr_annealing", "grad_norm_balance", "ntk_weights", "gradnorm",
+        "weight_matrix_mask", "last_layer_mask"],
+    "Gradient aggregators": [
+        "term_gradients", "config", "m_config", "pcgrad", "mgda", "imtl_g",
+        "cagrad", "nash_mtl", "upgrad", "dualproj"],
+    "Per-point weights": ["rba", "self_adaptive", "pointwise_loss"],
+    "L-BFGS": ["run_lbfgs", "log_objective", "reset_lbfgs", "reset_on_new_weights",
+               "LBFGSInfo"],
+    "Several devices": ["sharded", "global_mean"],
+}
+
+
+def api_page() -> None:
+    import optax_invloss
+
+    public = list(optax_invloss.__all__)
+    states = sorted(n for n in public if n.endswith("State") and n not in
+                    sum(API_GROUPS.values(), []))
+    groups = {title: [n for n in names if n in public]
+              for title, names in API_GROUPS.items()}
+    grouped = set(sum(groups.values(), [])) | set(states)
+    groups["States"] = states
+    groups["More"] = sorted(n for n in public if n not in grouped)
+    lines = ["API reference", "=============", "",
+             "Every public name of ``optax_invloss``, one page each, built from "
+             "its docstring.", "", ".. currentmodule:: optax_invloss", ""]
+    for title, names in groups.items():
+        if not names:
+            continue
+        lines += [title, "-" * len(title), "", ".. autosummary::",
+                  "   :toctree: api", "   :nosignatures:", ""]
+        lines += [f"   {n}" for n in names] + [""]
+    (OUT / "api.rst").write_text("\n".join(lines))
+
+
+def generate(app=None) -> None:
+    del app
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    (OUT / "benchmarks").mkdir(parents=True)
+    (OUT / "notebooks").mkdir(parents=True)
+    api_page()
+    pinn = pinn_pages()
+    pages = result_pages()
+    toctree(OUT / "benchmarks" / "index.md", "Benchmark results",
+            "Every table below is rendered at build time from the committed "
+            "results files; the command that produced each is on its page.",
+            [*pinn, *pages])
+    toctree(OUT / "notebooks" / "index.md", "Notebooks",
+            "The Colab notebooks with the outputs of their committed runs.",
+            notebooks())
+
+
+def setup(app):
+    # Before autosummary (priority 500) reads the generated API page.
+    app.connect("builder-inited", generate, priority=100)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
