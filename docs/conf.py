@@ -2,8 +2,9 @@
 
 Build from the repository root (see README.md)::
 
-  pip install -e ".[docs]"
-  sphinx-build -W --keep-going -n -b html docs docs/_build/html
+  pip install -e ".[docs]" && sphinx-build -W -n docs docs/_build/html
+
+(``tests/test_docs.py`` builds the same way, and runs the pages' code).
 
 The benchmark pages and the rendered notebooks are generated at build time from
 the committed files under ``benchmarks/results/`` and ``notebooks/`` (see
@@ -64,7 +65,7 @@ nitpick_ignore_regex = [
 
 # MyST: $...$ and $$...$$ math, ::: fences; notebooks are shown with the outputs
 # committed from their full-length runs, not re-executed by the docs build.
-myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 nb_execution_mode = "off"
 # Colab cells hold IPython magics (%pip, !git), which the Python lexer rejects.

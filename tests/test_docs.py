@@ -1,7 +1,8 @@
 """The documentation builds without a warning, covers the API, and its code runs.
 
 - Every public name is in exactly one group of the API reference
-  (``docs/_ext/generated.py``, ``API_GROUPS``), so it gets a page.
+  (``docs/_ext/generated.py``, ``API_GROUPS``), so it gets a page; every public
+  function's docstring has an example (``WITHOUT_EXAMPLE`` lists the exceptions).
 - Every ``{include}`` of README.md names section markers that exist there (the
   getting-started and L-BFGS pages show the README's own, tested, examples), and
   the included text has no relative link (it would break on the site).
@@ -87,6 +88,25 @@ def test_every_public_name_is_in_one_api_group():
 
     problems = generated.api_mismatch(list(optax_invloss.__all__))
     assert not problems, "docs/_ext/generated.py API_GROUPS: " + "; ".join(problems)
+
+
+# Public functions whose docstring has no executed example yet (the API page of
+# each other function shows one). Shrink it as examples are added.
+WITHOUT_EXAMPLE = {"global_mean"}
+
+
+def test_every_public_function_has_an_example():
+    import inspect
+
+    import optax_invloss
+
+    functions = [n for n in optax_invloss.__all__
+                 if inspect.isfunction(getattr(optax_invloss, n))]
+    missing = {n for n in functions
+               if ">>> " not in (inspect.getdoc(getattr(optax_invloss, n)) or "")}
+    assert missing == WITHOUT_EXAMPLE, (
+        f"public functions without a doctest example: {sorted(missing)}; "
+        f"tests/test_docs.py expects {sorted(WITHOUT_EXAMPLE)}")
 
 
 def test_readme_has_the_markers_the_docs_include():
