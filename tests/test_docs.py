@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +66,8 @@ def readme_slice(start: str, end: str) -> str:
 def build(tmp_path_factory):
     """The Sphinx build, started once, in a subprocess: ``(process, out, log)``."""
     out = tmp_path_factory.mktemp("docs")
+    # As in a fresh clone: no generated pages from an earlier build.
+    shutil.rmtree(DOCS / "_generated", ignore_errors=True)
     log = open(out / "sphinx.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q",

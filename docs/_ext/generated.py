@@ -1,7 +1,7 @@
 """Pages generated at build time from committed results and notebooks.
 
-Nothing measured is typed into the documentation sources: at ``builder-inited``
-this extension renders the benchmark tables again from the runner's
+Nothing measured is typed into the documentation sources: when Sphinx loads
+it, this extension renders the benchmark tables again from the runner's
 ``runs.json`` files (with the same functions that wrote them,
 ``benchmarks.report.document`` and ``benchmarks.summary.matrix``), copies the
 committed figures and result pages, and copies the notebooks, whose committed
@@ -191,6 +191,9 @@ def generate(app=None) -> None:
 
 
 def setup(app):
-    # Before autosummary (priority 500) reads the generated API page.
-    app.connect("builder-inited", generate, priority=100)
+    # At set-up, before Sphinx lists the source files: in a fresh clone the
+    # generated pages must exist when the environment looks for documents, or
+    # autosummary finds no API page to generate (a ``builder-inited`` hook is
+    # too late for that listing).
+    generate(app)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
