@@ -31,13 +31,15 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-PAGES = sorted(p for p in DOCS.rglob("*.md") if "_generated" not in p.parts
-               and "_build" not in p.parts)
+PAGES = sorted(
+    p
+    for p in DOCS.rglob("*.md")
+    if "_generated" not in p.parts and "_build" not in p.parts
+)
 # The README sections the docs include, and the build command the README gives.
 README_MARKERS = ("quickstart", "nnx", "lbfgs", "docs-build")
 BUILD_COMMAND = 'pip install -e ".[docs]" && sphinx-build -W -n docs docs/_build/html'
-INCLUDE = re.compile(
-    r"```\{include\} (?P<path>\S+)\n(?P<options>(?::[\w-]+:.*\n)*)```")
+INCLUDE = re.compile(r"```\{include\} (?P<path>\S+)\n(?P<options>(?::[\w-]+:.*\n)*)```")
 
 
 def python_blocks(text: str) -> list[str]:
@@ -52,8 +54,9 @@ def readme_includes() -> list[tuple[pathlib.Path, str, str]]:
             if (page.parent / m.group("path")).resolve() != README:
                 continue
             opts = dict(re.findall(r":([\w-]+): (.*)", m.group("options")))
-            found.append((page, opts.get("start-after", ""),
-                          opts.get("end-before", "")))
+            found.append(
+                (page, opts.get("start-after", ""), opts.get("end-before", ""))
+            )
     return found
 
 
@@ -70,9 +73,25 @@ def build(tmp_path_factory):
     shutil.rmtree(DOCS / "_generated", ignore_errors=True)
     log = open(out / "sphinx.log", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q",
-         "-b", "html", "-d", str(out / "doctrees"), str(DOCS), str(out / "html")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-n",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(out / "doctrees"),
+            str(DOCS),
+            str(out / "html"),
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     yield proc, out / "html", log
     if proc.poll() is None:
@@ -103,31 +122,43 @@ def test_every_public_function_has_an_example():
 
     import optax_invloss
 
-    functions = [n for n in optax_invloss.__all__
-                 if inspect.isfunction(getattr(optax_invloss, n))]
-    missing = {n for n in functions
-               if ">>> " not in (inspect.getdoc(getattr(optax_invloss, n)) or "")}
+    functions = [
+        n
+        for n in optax_invloss.__all__
+        if inspect.isfunction(getattr(optax_invloss, n))
+    ]
+    missing = {
+        n
+        for n in functions
+        if ">>> " not in (inspect.getdoc(getattr(optax_invloss, n)) or "")
+    }
     assert missing == WITHOUT_EXAMPLE, (
         f"public functions without a doctest example: {sorted(missing)}; "
-        f"tests/test_docs.py expects {sorted(WITHOUT_EXAMPLE)}")
+        f"tests/test_docs.py expects {sorted(WITHOUT_EXAMPLE)}"
+    )
 
 
 def test_readme_has_the_markers_the_docs_include():
     text = README.read_text()
     includes = readme_includes()
     assert {s for _, s, _ in includes} >= {
-        f"<!-- start: {m} -->" for m in ("quickstart", "nnx", "lbfgs")}
-    wanted = [(f"<!-- start: {m} -->", f"<!-- end: {m} -->", "test_docs.py")
-              for m in README_MARKERS]
+        f"<!-- start: {m} -->" for m in ("quickstart", "nnx", "lbfgs")
+    }
+    wanted = [
+        (f"<!-- start: {m} -->", f"<!-- end: {m} -->", "test_docs.py")
+        for m in README_MARKERS
+    ]
     wanted += [(s, e, str(p.relative_to(ROOT))) for p, s, e in includes]
     for start, end, where in wanted:
         assert start.startswith("<!-- start: ") and end.startswith("<!-- end: "), (
             f"{where}: include README.md with :start-after: <!-- start: NAME --> and "
-            f":end-before: <!-- end: NAME -->, got {start!r}, {end!r}")
+            f":end-before: <!-- end: NAME -->, got {start!r}, {end!r}"
+        )
         for marker in (start, end):
             assert text.count(marker) == 1, (
                 f"README.md must hold the line {marker} exactly once (it holds it "
-                f"{text.count(marker)} times); {where} needs it")
+                f"{text.count(marker)} times); {where} needs it"
+            )
         assert text.index(start) < text.index(end), f"README.md: {start} after {end}"
 
 
@@ -137,7 +168,8 @@ def test_included_readme_text_has_no_relative_links():
         relative = [u for u in links if not re.match(r"(https?:|mailto:|#)", u)]
         assert not relative, (
             f"{page.relative_to(ROOT)} includes README.md between {start} and {end}, "
-            f"whose relative links {relative} break on the site: use absolute URLs")
+            f"whose relative links {relative} break on the site: use absolute URLs"
+        )
 
 
 def test_readme_gives_the_build_command():
@@ -167,6 +199,7 @@ def test_docs_build_without_warnings(build):
     for page in PAGES:
         built = html / page.relative_to(DOCS).with_suffix(".html")
         assert built.exists(), f"{page.relative_to(DOCS)} was not built"
+
     # The included README examples are on the pages (an include that matched
     # nothing would be an empty section, not a warning).
     def text(path):

@@ -22,11 +22,22 @@ RESULTS = ROOT / "benchmarks" / "results"
 OUT = DOCS / "_generated"
 
 # The runner's comparison folders shown on the benchmarks page, in this order.
-PINN_FOLDERS = ["main", "helmholtz-paper", "helmholtz", "helmholtz5", "poisson",
-                "wave", "burgers"]
+PINN_FOLDERS = [
+    "main",
+    "helmholtz-paper",
+    "helmholtz",
+    "helmholtz5",
+    "poisson",
+    "wave",
+    "burgers",
+]
 # Result pages written by the other benchmark scripts (each from its JSON).
-RESULT_PAGES = ["overhead_cpu.md", "lbfgs_policies.md", "inverse_loss_defaults.md",
-                "grad_method_cost.md"]
+RESULT_PAGES = [
+    "overhead_cpu.md",
+    "lbfgs_policies.md",
+    "inverse_loss_defaults.md",
+    "grad_method_cost.md",
+]
 
 
 def _title(name: str) -> str:
@@ -39,8 +50,9 @@ def _demote_headings(text: str) -> str:
     if not levels:
         return text
     by = 2 - min(levels)
-    return re.sub(r"^(#{1,6}) ", lambda m: "#" * (len(m.group(1)) + by) + " ",
-                  text, flags=re.M)
+    return re.sub(
+        r"^(#{1,6}) ", lambda m: "#" * (len(m.group(1)) + by) + " ", text, flags=re.M
+    )
 
 
 def _strip_links(text: str) -> str:
@@ -59,16 +71,22 @@ def pinn_pages() -> list[str]:
         data = json.loads((folder / "runs.json").read_text())
         body = report.document(data["runs"], data)
         figures = sorted(folder.glob("*.png"))
-        lines = [f"# PINN runs: {_title(folder.name)}", "",
-                 f"From `benchmarks/results/pinn/{folder.name}/runs.json`.", "",
-                 _demote_headings(body)]
+        lines = [
+            f"# PINN runs: {_title(folder.name)}",
+            "",
+            f"From `benchmarks/results/pinn/{folder.name}/runs.json`.",
+            "",
+            _demote_headings(body),
+        ]
         for png in figures:
             shutil.copy(png, out / f"{folder.name}-{png.name}")
             lines += ["", f"![{png.stem}]({folder.name}-{png.name})"]
         (out / f"pinn-{folder.name}.md").write_text("\n".join(lines) + "\n")
         names.append(f"pinn-{folder.name}")
-    sweep = [RESULTS / "pinn" / f for f in ("helmholtz", "helmholtz5", "poisson",
-                                             "wave", "burgers")]
+    sweep = [
+        RESULTS / "pinn" / f
+        for f in ("helmholtz", "helmholtz5", "poisson", "wave", "burgers")
+    ]
     sweep = [f for f in sweep if (f / "runs.json").exists()]
     if sweep:
         text = summary.matrix(summary.load(sweep))
@@ -76,7 +94,10 @@ def pinn_pages() -> list[str]:
             "Median final relative L2 error over the seeds, and its ratio to equal "
             "weights on the same problem (below 1: better); the best of each column "
             "in bold. Rendered from the `runs.json` of "
-            + ", ".join(f"`{f.name}`" for f in sweep) + ".\n\n" + text)
+            + ", ".join(f"`{f.name}`" for f in sweep)
+            + ".\n\n"
+            + text
+        )
     return names
 
 
@@ -90,7 +111,8 @@ def result_pages() -> list[str]:
         text = _strip_links(_demote_headings(src.read_text()))
         (OUT / "benchmarks" / f"{stem}.md").write_text(
             f"# {_title(stem).capitalize()}\n\nFrom `benchmarks/results/{page}`.\n\n"
-            + text)
+            + text
+        )
         names.append(stem)
     return names
 
@@ -106,8 +128,9 @@ def notebooks() -> list[str]:
 
 def toctree(path: pathlib.Path, title: str, intro: str, entries: list[str]) -> None:
     body = "\n".join(entries)
-    path.write_text(f"# {title}\n\n{intro}\n\n```{{toctree}}\n:maxdepth: 1\n\n"
-                    f"{body}\n```\n")
+    path.write_text(
+        f"# {title}\n\n{intro}\n\n```{{toctree}}\n:maxdepth: 1\n\n{body}\n```\n"
+    )
 
 
 # The API reference: every name in ``optax_invloss.__all__``, in exactly one
@@ -116,27 +139,73 @@ def toctree(path: pathlib.Path, title: str, intro: str, entries: list[str]) -> N
 # tests/test_docs.py checks the same without building.
 API_GROUPS = {
     "The training step": [
-        "with_weighting", "WeightedOptimizerState", "weighted_sum", "loss_weights",
-        "WeightingMethod", "nnx_params_fn"],
+        "with_weighting",
+        "WeightedOptimizerState",
+        "weighted_sum",
+        "loss_weights",
+        "WeightingMethod",
+        "nnx_params_fn",
+    ],
     "Term weights from loss values": [
-        "inverse_loss", "InverseLossState", "static_weights", "StaticWeightsState",
-        "softadapt", "SoftAdaptState", "relobralo", "ReLoBRaLoState",
-        "uncertainty_weighting", "UncertaintyWeightingState", "dwa", "DWAState",
-        "resnorm", "ResNormState"],
+        "inverse_loss",
+        "InverseLossState",
+        "static_weights",
+        "StaticWeightsState",
+        "softadapt",
+        "SoftAdaptState",
+        "relobralo",
+        "ReLoBRaLoState",
+        "uncertainty_weighting",
+        "UncertaintyWeightingState",
+        "dwa",
+        "DWAState",
+        "resnorm",
+        "ResNormState",
+    ],
     "Term weights from gradients": [
-        "lr_annealing", "LRAnnealingState", "grad_norm_balance",
-        "GradNormBalanceState", "ntk_weights", "NTKWeightsState", "gradnorm",
-        "GradNormState", "weight_matrix_mask", "last_layer_mask"],
+        "lr_annealing",
+        "LRAnnealingState",
+        "grad_norm_balance",
+        "GradNormBalanceState",
+        "ntk_weights",
+        "NTKWeightsState",
+        "gradnorm",
+        "GradNormState",
+        "weight_matrix_mask",
+        "last_layer_mask",
+    ],
     "Gradient aggregators": [
-        "term_gradients", "aggregation_weights", "AggregatorState", "config",
-        "imtl_g", "m_config", "m_config_term", "MConFIGState", "pcgrad", "mgda",
-        "cagrad", "nash_mtl", "upgrad", "dualproj"],
+        "term_gradients",
+        "aggregation_weights",
+        "AggregatorState",
+        "config",
+        "imtl_g",
+        "m_config",
+        "m_config_term",
+        "MConFIGState",
+        "pcgrad",
+        "mgda",
+        "cagrad",
+        "nash_mtl",
+        "upgrad",
+        "dualproj",
+    ],
     "Per-point weights": [
-        "rba", "RBAState", "self_adaptive", "SelfAdaptiveState", "pointwise_loss",
-        "PointWeightingMethod"],
+        "rba",
+        "RBAState",
+        "self_adaptive",
+        "SelfAdaptiveState",
+        "pointwise_loss",
+        "PointWeightingMethod",
+    ],
     "L-BFGS": [
-        "run_lbfgs", "LBFGSInfo", "weighted_objective", "log_objective",
-        "reset_lbfgs", "reset_on_new_weights"],
+        "run_lbfgs",
+        "LBFGSInfo",
+        "weighted_objective",
+        "log_objective",
+        "reset_lbfgs",
+        "reset_on_new_weights",
+    ],
     "Several devices": ["sharded", "global_mean"],
 }
 
@@ -144,30 +213,52 @@ API_GROUPS = {
 def api_mismatch(public) -> list[str]:
     """What is wrong between ``public`` (``__all__``) and API_GROUPS, in words."""
     grouped = [n for names in API_GROUPS.values() for n in names]
-    problems = [f"{n} is public but in no API group" for n in public
-                if n not in grouped]
-    problems += [f"{n} is in an API group but not in optax_invloss.__all__"
-                 for n in grouped if n not in public]
-    problems += [f"{n} is in more than one API group" for n in
-                 sorted({n for n in grouped if grouped.count(n) > 1})]
+    problems = [
+        f"{n} is public but in no API group" for n in public if n not in grouped
+    ]
+    problems += [
+        f"{n} is in an API group but not in optax_invloss.__all__"
+        for n in grouped
+        if n not in public
+    ]
+    problems += [
+        f"{n} is in more than one API group"
+        for n in sorted({n for n in grouped if grouped.count(n) > 1})
+    ]
     return problems
 
 
 def api_page() -> None:
-    import optax_invloss
     from sphinx.errors import ExtensionError
+
+    import optax_invloss
 
     problems = api_mismatch(list(optax_invloss.__all__))
     if problems:
         raise ExtensionError(
             "docs/_ext/generated.py API_GROUPS does not match optax_invloss.__all__: "
-            + "; ".join(problems))
-    lines = ["API reference", "=============", "",
-             "Every public name of ``optax_invloss``, one page each, built from "
-             "its docstring.", "", ".. currentmodule:: optax_invloss", ""]
+            + "; ".join(problems)
+        )
+    lines = [
+        "API reference",
+        "=============",
+        "",
+        "Every public name of ``optax_invloss``, one page each, built from "
+        "its docstring.",
+        "",
+        ".. currentmodule:: optax_invloss",
+        "",
+    ]
     for title, names in API_GROUPS.items():
-        lines += [title, "-" * len(title), "", ".. autosummary::",
-                  "   :toctree: api", "   :nosignatures:", ""]
+        lines += [
+            title,
+            "-" * len(title),
+            "",
+            ".. autosummary::",
+            "   :toctree: api",
+            "   :nosignatures:",
+            "",
+        ]
         lines += [f"   {n}" for n in names] + [""]
     (OUT / "api.rst").write_text("\n".join(lines))
 
@@ -181,13 +272,19 @@ def generate(app=None) -> None:
     api_page()
     pinn = pinn_pages()
     pages = result_pages()
-    toctree(OUT / "benchmarks" / "index.md", "Benchmark results",
-            "Every table below is rendered at build time from the committed "
-            "results files; the command that produced each is on its page.",
-            [*pinn, *pages])
-    toctree(OUT / "notebooks" / "index.md", "Notebooks",
-            "The Colab notebooks with the outputs of their committed runs.",
-            notebooks())
+    toctree(
+        OUT / "benchmarks" / "index.md",
+        "Benchmark results",
+        "Every table below is rendered at build time from the committed "
+        "results files; the command that produced each is on its page.",
+        [*pinn, *pages],
+    )
+    toctree(
+        OUT / "notebooks" / "index.md",
+        "Notebooks",
+        "The Colab notebooks with the outputs of their committed runs.",
+        notebooks(),
+    )
 
 
 def setup(app):
