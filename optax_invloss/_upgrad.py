@@ -133,6 +133,7 @@ def upgrad(
     the trace normalisation has no threshold and the ridge is ``100 eps`` of the
     dtype, so the exact values are reproduced to the precision of the dtype; the
     programme is solved in-graph (exact for up to ``max_exact_terms`` terms).
+
     Args:
       preference: positive weights :math:`p`, one per term (default: the mean).
       max_exact_terms: the exact solve (:math:`m \cdot 2^m` small solves) for up
@@ -203,6 +204,7 @@ def dualproj(
     the trace normalisation has no threshold and the ridge is ``100 eps`` of the
     dtype, so the exact values are reproduced to the precision of the dtype; the
     programme is solved in-graph (exact for up to ``max_exact_terms`` terms).
+
     Args:
       preference: positive weights :math:`p`, one per term (default: the mean).
       max_exact_terms: the exact solve (:math:`2^m` small solves) for up to this
