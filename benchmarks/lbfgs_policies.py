@@ -135,7 +135,10 @@ def make_naive_phase(loss_fn, params, method, iterations):
         (params, opt_state), (objective, after, failed, used) = jax.lax.scan(
             body, (params, opt_state), None, length=iterations
         )
-        info = oil.LBFGSInfo(objective, after, failed, jnp.zeros_like(failed))
+        no = jnp.zeros_like(failed)  # every step taken, none stopped, no refresh
+        info = oil.LBFGSInfo(
+            objective, after, failed, rejected=no, stopped=no, refreshed=no
+        )
         return params, opt_state.weighting_state, info, used
 
     return run
