@@ -125,7 +125,9 @@ def make_naive_phase(loss_fn, params, method, iterations):
             losses=loss_fn(params),
         )
         params = optax.apply_updates(params, updates)
-        after = optax.tree.get(opt_state.optimizer_state, "value")
+        # The same objective at the new iterate, recomputed: the line search's
+        # cached value is cleared (inf) whenever with_weighting's weights move.
+        after = objective(params)
         failed = optax.tree.get(opt_state, "decrease_error") > 0
         return (params, opt_state), (true_value, after, failed, value)
 
