@@ -212,7 +212,9 @@ def run(args) -> list[dict]:
     rows = []
     for n in args.terms:
         params, loss_fn, residual_fn, points = make_problem(n, args.layout)
-        base, base_s, base_temp = compile_chunk(*plain_step(params, loss_fn), args.steps)
+        base, base_s, base_temp = compile_chunk(
+            *plain_step(params, loss_fn), args.steps
+        )
         base_carry = plain_step(params, loss_fn)[1]
         print(f"n={n}: plain step compiles in {base_s:.2f} s", flush=True)
         for name in args.methods:
@@ -258,8 +260,11 @@ def markdown(meta: dict, rows: list[dict], args) -> str:
         "",
         f"Problem: tanh MLP 2 -> {WIDTH} -> {WIDTH} -> 1, n terms, each the mean "
         f"squared residual on its own {POINTS} points (layout `{args.layout}`: "
-        + ("one forward pass over all points, each term on its slice"
-           if args.layout == "shared" else "one forward pass per term")
+        + (
+            "one forward pass over all points, each term on its slice"
+            if args.layout == "shared"
+            else "one forward pass per term"
+        )
         + "); every method with "
         "`update_every=1`. Compile: lower + compile of one jitted `lax.scan` chunk "
         f"of {args.steps} steps. Step ratio: chunk time over the plain-sum step's "

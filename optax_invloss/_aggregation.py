@@ -57,7 +57,7 @@ def term_gradients(
       loss_fn: ``loss_fn(params) -> losses``, a pytree of scalar loss terms
         (usually a dict by name).
       params: the parameters, any pytree of arrays.
-      gradient_strategy: ``"auto"`` (``"batched"`` from 8 terms on),
+      gradient_strategy: ``"auto"`` (``"batched"`` from 10 terms on),
         ``"unrolled"`` or ``"batched"``; the same gradients either way (see
         :func:`optax_invloss.lr_annealing`).
 

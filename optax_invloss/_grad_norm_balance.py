@@ -97,7 +97,7 @@ def grad_norm_balance(
         paper), a pytree of bools matching ``params``, or a function ``params ->
         such a pytree`` (e.g. :func:`optax_invloss.weight_matrix_mask`).
       gradient_strategy: how the per-term gradients are computed: ``"auto"``
-        (the default: ``"unrolled"`` for few terms, ``"batched"`` from 8 on),
+        (the default: ``"unrolled"`` for few terms, ``"batched"`` from 10 on),
         ``"unrolled"`` (one ``jax.grad`` per term: the least work per update,
         but a compile time that grows as the square of the number of terms) or
         ``"batched"`` (one reverse pass ``jax.vmap``-ed over the terms: a compile

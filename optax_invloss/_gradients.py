@@ -179,10 +179,11 @@ def restrict(fn: Callable, params: Any, flags: list[bool]):
 
 GRADIENT_STRATEGIES = ("auto", "unrolled", "batched")
 
-# "auto" picks "batched" from this many loss terms on (benchmarks/many_terms.py,
-# benchmarks/results/many_terms.md: where the unrolled strategy's compile time
-# starts to outgrow the batched one's run-time cost).
-BATCHED_FROM = 8
+# "auto" picks "batched" from this many loss terms on. Measured with
+# benchmarks/many_terms.py (benchmarks/results/many_terms.md): at 2 terms the two
+# compile in about the same time and the unrolled one runs faster; at 10 the
+# batched one compiles faster for every method, and at 50 in 0.3-0.6 of the time.
+BATCHED_FROM = 10
 
 
 def check_strategy(value: Any, argname: str = "gradient_strategy") -> None:

@@ -127,7 +127,7 @@ def lr_annealing(
         parameters. The default, :func:`optax_invloss.weight_matrix_mask`, takes
         the leaves with ``ndim >= 2``.
       gradient_strategy: how the per-term gradients are computed: ``"auto"``
-        (the default: ``"unrolled"`` for few terms, ``"batched"`` from 8 on),
+        (the default: ``"unrolled"`` for few terms, ``"batched"`` from 10 on),
         ``"unrolled"`` (one ``jax.grad`` per term: the least work per update,
         but a compile time that grows as the square of the number of terms) or
         ``"batched"`` (one reverse pass ``jax.vmap``-ed over the terms: a compile
