@@ -220,7 +220,13 @@ def run(args) -> list[dict]:
         for name in args.methods:
             strategies = [None] if name == "ntk_weights" else args.strategies
             for strategy in strategies:
-                row = {"terms": n, "method": name, "strategy": strategy or "-"}
+                row = {
+                    "terms": n,
+                    "method": name,
+                    "strategy": strategy or "-",
+                    "steps": args.steps,
+                    "repeats": args.repeats,
+                }
                 if strategy == "unrolled" and n > args.unrolled_max_terms:
                     row["note"] = (
                         f"not run: n > {args.unrolled_max_terms} (unrolled compile "
@@ -250,35 +256,35 @@ def _fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
-def markdown(meta: dict, rows: list[dict], args) -> str:
-    lines = [
-        "# Gradient-based methods with many loss terms",
-        "",
-        f"Command: `{meta['command']}` ({meta['date']}, "
-        f"{provenance.describe(meta)}; load average "
-        f"{meta['machine'].get('load_average_at_start')} at start).",
-        "",
-        f"Problem: tanh MLP 2 -> {WIDTH} -> {WIDTH} -> 1, n terms, each the mean "
-        f"squared residual on its own {POINTS} points (layout `{args.layout}`: "
-        + (
-            "one forward pass over all points, each term on its slice"
-            if args.layout == "shared"
-            else "one forward pass per term"
+def markdown(report: dict) -> str:
+    runs = report["runs"]
+    lines = ["# Gradient-based methods with many loss terms", ""]
+    for meta in runs:
+        lines.append(
+            f"Command: `{meta['command']}` ({meta['date']}, "
+            f"{provenance.describe(meta)}; load average "
+            f"{meta['machine'].get('load_average_at_start')} at start)."
         )
-        + "); every method with "
-        "`update_every=1`. Compile: lower + compile of one jitted `lax.scan` chunk "
-        f"of {args.steps} steps. Step ratio: chunk time over the plain-sum step's "
-        f"(Adam on the sum), median of {args.repeats} paired ratios [min-max]. "
-        "Temp MiB: `compiled.memory_analysis().temp_size_in_bytes`.",
+        lines.append("")
+    lines += [
+        f"Problem: tanh MLP 2 -> {WIDTH} -> {WIDTH} -> 1, n terms, each the mean "
+        f"squared residual on its own {POINTS} points (layout "
+        f"`{runs[0]['layout']}`; `shared`: one forward pass over all points, each "
+        "term on its slice); every method with `update_every=1`. Compile: lower + "
+        "compile of one jitted `lax.scan` chunk of `steps` steps, beside the "
+        "plain-sum step's (Adam on the sum, same chunk). Step ratio: chunk time "
+        "over the plain step's, median of `repeats` paired ratios [min-max]. Temp "
+        "MiB: `compiled.memory_analysis().temp_size_in_bytes`.",
         "",
-        "| n | method | strategy | compile s | step ratio [min-max] | temp MiB |",
-        "|---|---|---|---|---|---|",
+        "| n | method | strategy | compile s | plain compile s | step ratio "
+        "[min-max] | steps x repeats | temp MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in report["rows"]:
         if "note" in r:
             lines.append(
-                f"| {r['terms']} | `{r['method']}` | {r['strategy']} | - | "
-                f"{r['note']} | - |"
+                f"| {r['terms']} | `{r['method']}` | {r['strategy']} | - | - | "
+                f"{r['note']} | - | - |"
             )
             continue
         ratio = (
@@ -289,7 +295,8 @@ def markdown(meta: dict, rows: list[dict], args) -> str:
         mib = None if r["temp_bytes"] is None else r["temp_bytes"] / 2**20
         lines.append(
             f"| {r['terms']} | `{r['method']}` | {r['strategy']} | "
-            f"{r['compile_s']:.2f} | {ratio} | {_fmt(mib, '.2f')} |"
+            f"{r['compile_s']:.2f} | {r['plain_compile_s']:.2f} | {ratio} | "
+            f"{r.get('steps', '?')} x {r.get('repeats', '?')} | {_fmt(mib, '.2f')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -305,15 +312,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--unrolled-max-terms", type=int, default=50)
     parser.add_argument("--out", default=None)
     parser.add_argument("--name", default="many_terms")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add this run's rows to OUT/NAME.json (a run in several commands)",
+    )
     args = parser.parse_args(argv)
     meta = provenance.stamp("benchmarks.many_terms", argv)
+    meta["layout"] = args.layout
     rows = run(args)
-    report = {**meta, "rows": rows}
+    report = {"runs": [meta], "rows": rows}
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / f"{args.name}.md").write_text(markdown(meta, rows, args))
+        path = out / f"{args.name}.json"
+        if args.append and path.exists():
+            old = json.loads(path.read_text())
+            report = {"runs": old["runs"] + [meta], "rows": old["rows"] + rows}
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        (out / f"{args.name}.md").write_text(markdown(report))
     return report
 
 
