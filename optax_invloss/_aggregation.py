@@ -358,14 +358,16 @@ def aggregator(
         return w.astype(g.dtype), key
 
     def from_stacked(stacked, state, due, like):
-        g = gram(stacked)
         if update_every == 1:
-            w, key = weights_from(g, state)
+            w, key = weights_from(gram(stacked), state)
         else:
-            stored = state.aggregation_weights.astype(g.dtype)
+            # The Gram matrix (m^2 x params products) inside the branch: steps
+            # between refreshes only form the weighted sum J^T w.
+            dtype = jnp.result_type(*stacked)
+            stored = state.aggregation_weights.astype(dtype)
             w, key = jax.lax.cond(
                 due,
-                lambda: weights_from(g, state),
+                lambda: weights_from(gram(stacked), state),
                 lambda: (stored, state.aggregation_key),
             )
         return combine(w, stacked, like), w, key

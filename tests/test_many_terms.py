@@ -233,3 +233,20 @@ def test_between_updates_the_batched_gradients_stay_in_the_branch():
     got = stats(weighted, (params, tx.init(params)))
     assert (got.dots, got.flops) == (base.dots, base.flops)
     assert got.conditional_dots > 0 and got.conditional_flops > base.flops
+
+
+def test_aggregator_between_refreshes_forms_no_gram_matrix():
+    """Given per-term gradients, a step between refreshes is ``J^T w`` only: one
+    product per parameter leaf outside the conditional; ``G = J J^T`` (one more
+    per leaf) inside it."""
+    params = _params()
+    m = 5
+    grads = {
+        f"t{i}": jax.tree.map(lambda x, i=i: x * (i + 1.0), params) for i in range(m)
+    }
+    tx = oil.config(num_terms=m, update_every=10)
+    fn = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    stats = dot_stats(fn.lower(grads, tx.init(params), params).compile().as_text())
+    leaves = len(jax.tree.leaves(params))
+    assert stats.dots == leaves
+    assert stats.conditional_dots >= leaves
