@@ -40,19 +40,26 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Per-term gradients.
 
 
-def term_gradients(loss_fn: Callable, params: Any) -> Any:
+def term_gradients(
+    loss_fn: Callable, params: Any, *, gradient_strategy: str = "auto"
+) -> Any:
     """The gradient of each loss term, each in the shape of ``params``.
 
-    One ``jax.grad`` per term, each of that term alone: under ``jax.jit`` the
-    forward computations the terms share are merged, and each backward pass runs
-    through its own term only (cheaper than ``jax.jacrev`` of the loss dict,
-    which returns the same thing). Parameter leaves that are not floating point
-    get a zero gradient.
+    Computed by the library's one per-term gradient function
+    (``_gradients.per_term_gradients``): one ``jax.grad`` per term for few
+    terms (under ``jax.jit`` the forward computations the terms share are
+    merged, and each backward pass runs through its own term only), one
+    reverse pass batched over the terms for many (a compile time that does not
+    grow with their number). Parameter leaves that are not floating point get
+    a zero gradient.
 
     Args:
       loss_fn: ``loss_fn(params) -> losses``, a pytree of scalar loss terms
         (usually a dict by name).
       params: the parameters, any pytree of arrays.
+      gradient_strategy: ``"auto"`` (``"batched"`` from 10 terms on),
+        ``"unrolled"`` or ``"batched"``; the same gradients either way (see
+        :func:`optax_invloss.lr_annealing`).
 
     Returns:
       A pytree in the structure of ``losses`` whose leaves are parameter-shaped
@@ -68,22 +75,35 @@ def term_gradients(loss_fn: Callable, params: Any) -> Any:
       >>> print(grads["a"]["x"], grads["b"]["x"])
       [2. 2.] [3. 3.]
     """
-    flags = _gradients.selected_leaves(params, None, method="term_gradients")
-    g, selected = _gradients.restrict(loss_fn, params, flags)
-    out = jax.eval_shape(g, selected)
-    _base.check_losses(out, argname="term_gradients: loss_fn(params)")
-    leaves, treedef = jax.tree.flatten(params)
-    out_def = jax.tree.structure(out)
+    _gradients.check_strategy(gradient_strategy)
+    stacked = full_stacked_gradients(
+        loss_fn, params, method="term_gradients", strategy=gradient_strategy
+    )
+    out_def = jax.tree.structure(jax.eval_shape(loss_fn, params))
+    treedef = jax.tree.structure(params)
+    terms = [
+        jax.tree.unflatten(treedef, [leaf[i] for leaf in stacked])
+        for i in range(out_def.num_leaves)
+    ]
+    return jax.tree.unflatten(out_def, terms)
 
-    def term(i):
-        grads = iter(jax.grad(lambda s: jax.tree.leaves(g(s))[i])(selected))
-        full = [
-            next(grads) if flag else jnp.zeros_like(leaf)
-            for leaf, flag in zip(leaves, flags, strict=True)
-        ]
-        return jax.tree.unflatten(treedef, full)
 
-    return jax.tree.unflatten(out_def, [term(i) for i in range(out_def.num_leaves)])
+def full_stacked_gradients(
+    loss_fn: Callable, params: Any, *, method: str, strategy: str = "auto"
+) -> list[jax.Array]:
+    """Per-term gradients stacked by term, one ``(m, *leaf.shape)`` array per leaf
+    of ``params`` (zeros for leaves that are not floating point)."""
+    flags = _gradients.selected_leaves(params, None, method=method)
+    grads = iter(
+        _gradients.per_term_gradients(
+            loss_fn, params, flags, None, method=method, strategy=strategy
+        )
+    )
+    m = len(jax.tree.leaves(jax.eval_shape(loss_fn, params)))
+    return [
+        next(grads) if flag else jnp.zeros((m, *jnp.shape(leaf)), jnp.result_type(leaf))
+        for leaf, flag in zip(jax.tree.leaves(params), flags, strict=True)
+    ]
 
 
 def _term_matcher(params: Any) -> Callable[[Any], bool]:
@@ -295,6 +315,7 @@ def aggregator(
     update_every: int,
     seed: int = 0,
     postprocess: Callable[[Any], Any] | None = None,
+    gradient_strategy: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     """Builds the Optax transformation of one rule ``solve(G, previous, key) -> w``.
 
@@ -303,9 +324,11 @@ def aggregator(
     and the per-term gradients are computed here, on refresh steps only (other
     steps take one gradient of the weighted sum with the stored weights). Other
     keyword inputs are ignored. ``postprocess`` (Nash-MTL's norm clip) runs on
-    every step's direction.
+    every step's direction. ``gradient_strategy``: how the per-term gradients
+    of ``loss_fn`` are computed (``_gradients.per_term_gradients``).
     """
     check_common(name, num_terms, update_every)
+    _gradients.check_strategy(gradient_strategy)
 
     def init_fn(params):
         dtype = optax.tree.dtype(params, "highest") if jax.tree.leaves(params) else None
@@ -334,16 +357,17 @@ def aggregator(
         w = solve(g, previous, sub)
         return w.astype(g.dtype), key
 
-    def from_terms(terms, state, due, like):
-        stacked = stack_terms(terms)
-        g = gram(stacked)
+    def from_stacked(stacked, state, due, like):
         if update_every == 1:
-            w, key = weights_from(g, state)
+            w, key = weights_from(gram(stacked), state)
         else:
-            stored = state.aggregation_weights.astype(g.dtype)
+            # The Gram matrix (m^2 x params products) inside the branch: steps
+            # between refreshes only form the weighted sum J^T w.
+            dtype = jnp.result_type(*stacked)
+            stored = state.aggregation_weights.astype(dtype)
             w, key = jax.lax.cond(
                 due,
-                lambda: weights_from(g, state),
+                lambda: weights_from(gram(stacked), state),
                 lambda: (stored, state.aggregation_key),
             )
         return combine(w, stacked, like), w, key
@@ -355,7 +379,7 @@ def aggregator(
             terms, _ = split_terms(updates, params, method=name)
             check_m(len(terms))
             like = terms[0] if params is None else params
-            direction, w, key = from_terms(terms, state, due, like)
+            direction, w, key = from_stacked(stack_terms(terms), state, due, like)
         else:
             if params is None:
                 raise ValueError(
@@ -365,11 +389,11 @@ def aggregator(
                 )
 
             def refresh():
-                terms = jax.tree.leaves(
-                    term_gradients(loss_fn, params), is_leaf=_term_matcher(params)
+                stacked = full_stacked_gradients(
+                    loss_fn, params, method=name, strategy=gradient_strategy
                 )
-                check_m(len(terms))
-                return from_terms(terms, state, True, params)
+                check_m(stacked[0].shape[0])
+                return from_stacked(stacked, state, True, params)
 
             if update_every == 1:
                 direction, w, key = refresh()

@@ -36,6 +36,8 @@ def grad_norm_balance(
     update_every: int = 1000,
     reduction: str = "sum",
     mask: Callable | Any | None = None,
+    *,
+    gradient_strategy: str = "auto",
 ) -> _base.WeightingMethod:
     r"""Grad-norm balancing: weights that equalise the terms' gradient norms.
 
@@ -94,6 +96,14 @@ def grad_norm_balance(
       mask: which parameters count: None for all floating-point parameters (the
         paper), a pytree of bools matching ``params``, or a function ``params ->
         such a pytree`` (e.g. :func:`optax_invloss.weight_matrix_mask`).
+      gradient_strategy: how the per-term gradients are computed: ``"auto"``
+        (the default: ``"unrolled"`` for few terms, ``"batched"`` from 10 on),
+        ``"unrolled"`` (one ``jax.grad`` per term: the least work per update,
+        but a compile time that grows as the square of the number of terms) or
+        ``"batched"`` (one reverse pass ``jax.vmap``-ed over the terms: a compile
+        time that does not grow with their number, ``m`` backward passes and
+        ``m`` times the parameters' memory per update). Same gradients either
+        way; see ``benchmarks/results/many_terms.md``.
 
     Returns:
       A :class:`optax_invloss.WeightingMethod`.
@@ -123,6 +133,7 @@ def grad_norm_balance(
     _checks.check_every("update_every", update_every)
     _checks.check_choice("reduction", reduction, _REDUCTIONS)
     _gradients.check_mask(mask)
+    _gradients.check_strategy(gradient_strategy)
     name = "grad_norm_balance"
 
     def init(losses):
@@ -142,8 +153,14 @@ def grad_norm_balance(
         flags = _gradients.selected_leaves(params, mask, method=name)
 
         def compute():
-            grads = _gradients.term_gradients(
-                loss_fn, params, flags, losses, old.dtype, method=name
+            grads = _gradients.per_term_gradients(
+                loss_fn,
+                params,
+                flags,
+                losses,
+                old.dtype,
+                method=name,
+                strategy=gradient_strategy,
             )
             # The norms over a common power of two: their ratios, never their
             # squares, are what the weights need.

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from optax_invloss import _base, _numerics
+from optax_invloss import _base, _checks, _numerics
 
 Mask = Any  # None, a pytree of bools matching params, or params -> such a pytree
 
@@ -177,33 +177,86 @@ def restrict(fn: Callable, params: Any, flags: list[bool]):
 # Per-term gradients of a loss function.
 
 
-def term_gradients(
-    loss_fn: Callable, params: Any, flags: list[bool], losses: Any, dtype, *, method
-) -> list[list[jax.Array]]:
+GRADIENT_STRATEGIES = ("auto", "unrolled", "batched")
+
+# "auto" picks "batched" from this many loss terms on. Measured with
+# benchmarks/many_terms.py (benchmarks/results/many_terms.md): at 2 terms the two
+# compile in about the same time and the unrolled one runs faster; at 10 the
+# batched one compiles faster for every method, and at 50 in 0.3-0.6 of the time.
+BATCHED_FROM = 10
+
+
+def check_strategy(value: Any, argname: str = "gradient_strategy") -> None:
+    """Raises ValueError at construction for an unknown per-term gradient strategy."""
+    _checks.check_choice(argname, value, GRADIENT_STRATEGIES)
+
+
+def resolve_strategy(strategy: str, num_terms: int) -> str:
+    """``"unrolled"`` or ``"batched"``: ``strategy``, with ``"auto"`` decided by
+    the number of loss terms (batched from :data:`BATCHED_FROM` on)."""
+    if strategy != "auto":
+        return strategy
+    return "batched" if num_terms >= BATCHED_FROM else "unrolled"
+
+
+def per_term_gradients(
+    loss_fn: Callable,
+    params: Any,
+    flags: list[bool],
+    losses: Any,
+    dtype=None,
+    *,
+    method: str,
+    strategy: str = "auto",
+) -> list[jax.Array]:
     """The gradient of each loss term with respect to the selected parameters.
 
-    Returns one list per term (in the losses' leaf order) of gradient leaves (one
-    per selected parameter leaf), in ``dtype``.
+    Returns one array per selected parameter leaf (in flatten order), of shape
+    ``(m, *leaf.shape)``: the term (in the losses' leaf order) along the first
+    axis, in ``dtype`` (None: the parameters' dtypes). This is the one place in
+    the library where per-term gradients are computed; two strategies:
 
-    One ``jax.grad`` per term, each of that term alone: the parts of the forward
-    pass that the terms share are computed once (XLA merges them), and each
-    backward pass runs through its own term only. When the terms are computed on
-    their own points (PINNs: residual, boundary, initial points), all the terms'
-    gradients together cost one forward and one backward pass of the whole loss.
-    ``jax.jacrev`` of the loss dict would instead run the backward pass of the
-    whole loss once per term (one pass batched over the terms), several times
-    the cost on a multi-term PINN (``benchmarks/results/overhead_cpu.md``).
+    - ``"unrolled"``: one ``jax.grad`` per term, each of that term alone. The
+      parts of the forward pass the terms share are computed once (XLA merges
+      them) and each backward pass runs through its own term only: when the
+      terms are computed on their own points (PINNs), all the terms' gradients
+      together cost about one forward and one backward pass of the whole loss.
+      But ``loss_fn`` is traced once per term, and each trace holds every term:
+      the program grows as ``m**2`` and its compile time with it.
+    - ``"batched"``: one forward pass of the scalar losses stacked into a
+      vector (``jax.vjp``), and its reverse pass ``jax.vmap``-ed over the ``m``
+      basis cotangents (the rows of the identity). ``loss_fn`` is traced once,
+      so the program and its compile time do not grow with ``m``; the price is
+      at run time: the batched reverse pass runs through every term for every
+      term (``m`` backward passes of the whole loss, as ``jax.jacrev``), and
+      its memory holds ``m`` copies of the backward pass's buffers and the
+      ``m x params`` gradients.
+
+    ``"auto"`` takes ``"batched"`` from :data:`BATCHED_FROM` terms on.
+    ``losses`` (or None) is the structure ``loss_fn(params)`` must have.
     """
     g, selected = restrict(loss_fn, params, flags)
     out = jax.eval_shape(g, selected)
     _base.check_losses(out, argname=f"{method}: loss_fn(params)")
-    _base.check_structure(out, losses, what="the output of loss_fn(params)")
+    if losses is not None:
+        _base.check_structure(out, losses, what="the output of loss_fn(params)")
+    m = len(jax.tree.leaves(out))
+    if resolve_strategy(strategy, m) == "unrolled":
 
-    def term(i):
-        return jax.grad(lambda s: jax.tree.leaves(g(s))[i])(selected)
+        def term(i):
+            return jax.grad(lambda s: jax.tree.leaves(g(s))[i])(selected)
 
-    n = len(jax.tree.leaves(losses))
-    return [[leaf.astype(dtype) for leaf in term(i)] for i in range(n)]
+        per_term = [term(i) for i in range(m)]
+        stacked = [jnp.stack(leaves) for leaves in zip(*per_term, strict=True)]
+    else:
+        wide = jnp.result_type(*jax.tree.leaves(out))
+
+        def vector(s):
+            return jnp.stack([x.astype(wide) for x in jax.tree.leaves(g(s))])
+
+        _, vjp_fn = jax.vjp(vector, selected)
+        (stacked,) = jax.vmap(vjp_fn)(jnp.eye(m, dtype=wide))
+    return [x if dtype is None else x.astype(dtype) for x in stacked]
 
 
 # ----------------------------------------------------------------------------------
@@ -245,18 +298,19 @@ def update_when_due(
     )
 
 
-def term_norms(grads: list[list[jax.Array]]) -> tuple[jax.Array, jax.Array]:
+def term_norms(grads: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
     r"""Each term's gradient norm :math:`\|g_i\|_2`, as ``(v, E)``: ``v_i 2^E``.
 
-    ``v`` is the vector of norms divided by the power of two of the largest, so
-    it is finite whenever the gradients are and its ratios are the ratios of
-    the norms, even where the norms or their squares overflow: each term's
+    ``grads`` are stacked by term (:func:`per_term_gradients`). ``v`` is the
+    vector of norms divided by the power of two of the largest, so it is
+    finite whenever the gradients are and its ratios are the ratios of the
+    norms, even where the norms or their squares overflow: each term's
     gradient is scaled by a power of two near its largest absolute entry before
     it is squared. A norm more than the dtype's range below the largest is 0.
+    Vectorised over the terms (one ``jax.vmap``), so its size does not grow
+    with their number.
     """
-    parts = [_numerics.scaled_square_norm(g) for g in grads]
-    q = jnp.stack([p[0] for p in parts])
-    e = jnp.stack([p[1] for p in parts])
+    q, e = jax.vmap(_numerics.scaled_square_norm)(grads)
     return _numerics.common_scale(_numerics.hypot_mantissa(q), e)
 
 

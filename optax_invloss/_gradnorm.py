@@ -65,6 +65,8 @@ def gradnorm(
     optimizer: optax.GradientTransformation | None = None,
     update_every: int = 1,
     mask: Callable | Any | None = _gradients.last_layer_mask,
+    *,
+    gradient_strategy: str = "auto",
 ) -> _base.WeightingMethod:
     r"""GradNorm: learnable weights that match gradient norms to training rates.
 
@@ -141,6 +143,14 @@ def gradnorm(
         function ``params -> such a pytree``, or None for all floating-point
         parameters. The default, :func:`optax_invloss.last_layer_mask`, takes the
         weight matrix of the last layer.
+      gradient_strategy: how the per-term gradients are computed: ``"auto"``
+        (the default: ``"unrolled"`` for few terms, ``"batched"`` from 10 on),
+        ``"unrolled"`` (one ``jax.grad`` per term: the least work per update,
+        but a compile time that grows as the square of the number of terms) or
+        ``"batched"`` (one reverse pass ``jax.vmap``-ed over the terms: a compile
+        time that does not grow with their number, ``m`` backward passes and
+        ``m`` times the parameters' memory per update). Same gradients either
+        way; see ``benchmarks/results/many_terms.md``.
 
     Returns:
       A :class:`optax_invloss.WeightingMethod`.
@@ -175,6 +185,7 @@ def gradnorm(
     _checks.check_positive("learning_rate", learning_rate)
     _checks.check_every("update_every", update_every)
     _gradients.check_mask(mask)
+    _gradients.check_strategy(gradient_strategy)
     optimizer = _base.flat_state_optimizer(optimizer, learning_rate)
     name = "gradnorm"
 
@@ -201,8 +212,14 @@ def gradnorm(
         flags = _gradients.selected_leaves(params, mask, method=name)
 
         def compute():
-            grads = _gradients.term_gradients(
-                loss_fn, params, flags, losses, old.dtype, method=name
+            grads = _gradients.per_term_gradients(
+                loss_fn,
+                params,
+                flags,
+                losses,
+                old.dtype,
+                method=name,
+                strategy=gradient_strategy,
             )
             # The norms over a common power of two, brought back to their own
             # scale (finite up to the dtype's largest value: their squares are

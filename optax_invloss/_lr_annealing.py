@@ -53,6 +53,8 @@ def lr_annealing(
     statistic: str = "max",
     lambda_inside: bool = True,
     mask: Callable | Any | None = _gradients.weight_matrix_mask,
+    *,
+    gradient_strategy: str = "auto",
 ) -> _base.WeightingMethod:
     r"""Learning-rate annealing: weights from the ratio of gradient magnitudes.
 
@@ -124,6 +126,14 @@ def lr_annealing(
         function ``params -> such a pytree``, or None for all floating-point
         parameters. The default, :func:`optax_invloss.weight_matrix_mask`, takes
         the leaves with ``ndim >= 2``.
+      gradient_strategy: how the per-term gradients are computed: ``"auto"``
+        (the default: ``"unrolled"`` for few terms, ``"batched"`` from 10 on),
+        ``"unrolled"`` (one ``jax.grad`` per term: the least work per update,
+        but a compile time that grows as the square of the number of terms) or
+        ``"batched"`` (one reverse pass ``jax.vmap``-ed over the terms: a compile
+        time that does not grow with their number, ``m`` backward passes and
+        ``m`` times the parameters' memory per update). Same gradients either
+        way; see ``benchmarks/results/many_terms.md``.
 
     Returns:
       A :class:`optax_invloss.WeightingMethod`.
@@ -168,6 +178,7 @@ def lr_annealing(
     _checks.check_choice("statistic", statistic, _STATISTICS)
     _checks.check_flag("lambda_inside", lambda_inside)
     _gradients.check_mask(mask)
+    _gradients.check_strategy(gradient_strategy)
     name = "lr_annealing"
 
     def reference_index(losses) -> int:
@@ -193,13 +204,18 @@ def lr_annealing(
         flags = _gradients.selected_leaves(params, mask, method=name)
 
         def compute():
-            grads = _gradients.term_gradients(
-                loss_fn, params, flags, losses, dtype, method=name
+            grads = _gradients.per_term_gradients(
+                loss_fn,
+                params,
+                flags,
+                losses,
+                dtype,
+                method=name,
+                strategy=gradient_strategy,
             )
             # Each statistic is m 2^e with m of moderate size: the ratio is
             # formed from the m's and the e's, never from sums that overflow.
-            stats = [_statistics(g) for g in grads]
-            largest, mean, e = (jnp.stack(x) for x in zip(*stats, strict=True))
+            largest, mean, e = jax.vmap(_statistics)(grads)
             numerator = largest[ref] if statistic == "max" else mean[ref]
             denominator = old * mean if lambda_inside else mean
             # No ratio for a zero gradient (or weight): the weight is kept.

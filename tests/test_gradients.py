@@ -98,7 +98,8 @@ def test_selected_leaves_errors():
         _gradients.check_mask(True)
 
 
-def test_term_gradients_by_hand():
+@pytest.mark.parametrize("strategy", ["unrolled", "batched"])
+def test_term_gradients_by_hand(strategy):
     # Gradients with respect to the selected leaves only (W; not b):
     #   a = sum(W**2) + b**2  ->  dW = 2 W = [[2, -4]]
     #   c = 3 * W[0, 1] + b   ->  dW = [[0, 3]]
@@ -108,19 +109,22 @@ def test_term_gradients_by_hand():
         "c": 3.0 * p["W"][0, 1] + p["b"],
     }
     losses = loss_fn(params)
-    grads = _gradients.term_gradients(
-        loss_fn, params, [True, False], losses, jnp.float64, method="m"
-    )
+    grads = _gradients.per_term_gradients(
+        loss_fn, params, [True, False], losses, jnp.float64, method="m",
+        strategy=strategy,
+    )  # fmt: skip
+    # One array per selected leaf (W only), the terms along the first axis.
+    assert len(grads) == 1 and grads[0].shape == (2, 1, 2)
     np.testing.assert_array_equal(grads[0][0], [[2.0, -4.0]])
-    np.testing.assert_array_equal(grads[1][0], [[0.0, 3.0]])
-    assert len(grads[0]) == 1 and grads[0][0].dtype == jnp.float64
+    np.testing.assert_array_equal(grads[0][1], [[0.0, 3.0]])
+    assert grads[0].dtype == jnp.float64
 
 
 def test_term_gradients_loss_fn_structure_must_match():
     params = {"w": jnp.ones(2)}
     losses = {"a": jnp.asarray(1.0), "b": jnp.asarray(1.0)}
     with pytest.raises(ValueError, match="loss_fn"):
-        _gradients.term_gradients(
+        _gradients.per_term_gradients(
             lambda p: {"a": jnp.sum(p["w"])},
             params,
             [True],
