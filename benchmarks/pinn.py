@@ -207,7 +207,9 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
             file=sys.stderr,
         )
         postfix = lambda _, e, bar=bar: bar.set_postfix(rel_l2=f"{np.median(e):.3g}")
-        seeds = list(range(args.first_seed, args.first_seed + args.seeds))  # one program
+        seeds = list(
+            range(args.first_seed, args.first_seed + args.seeds)
+        )  # one program
         runs = trainer.run_seeds(seeds, progress=bar.update, on_eval=postfix)
         bar.close()
         for seed, result in zip(seeds, runs, strict=True):

@@ -111,7 +111,9 @@ def test_helmholtz_paper_preset_is_the_authors_setup():
     total = sum(float(sides[s]) for s in ("left", "right", "bottom", "top"))
     assert float(summed["bc"]) == pytest.approx(total, rel=1e-5)
     assert float(summed["pde"]) == pytest.approx(float(sides["pde"]), rel=1e-5)
-    assert float(problem.loss_terms(plain, batch)["bc"]) == pytest.approx(total / 4, rel=1e-5)
+    assert float(problem.loss_terms(plain, batch)["bc"]) == pytest.approx(
+        total / 4, rel=1e-5
+    )
 
 
 def test_schedule_decays_by_point_nine_per_thousand_steps():
