@@ -95,6 +95,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 1)")
     p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="start the seeds here: seeds F..F+N-1 (default 0), e.g. to --add "
+        "seeds to a folder",
+    )
+    p.add_argument(
         "--steps",
         type=int,
         default=None,
@@ -193,13 +200,16 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
         )
         bar = tqdm(
             total=trainer.n_chunks * trainer.chunk + trainer.lbfgs_steps * args.seeds,
-            desc=f"{problem.name} {spec.text} seeds 0-{args.seeds - 1}",
+            desc=f"{problem.name} {spec.text} seeds {args.first_seed}-"
+            f"{args.first_seed + args.seeds - 1}",
             disable=args.no_progress,
             leave=True,
             file=sys.stderr,
         )
         postfix = lambda _, e, bar=bar: bar.set_postfix(rel_l2=f"{np.median(e):.3g}")
-        seeds = list(range(args.seeds))  # in one compiled program
+        seeds = list(
+            range(args.first_seed, args.first_seed + args.seeds)
+        )  # one program
         runs = trainer.run_seeds(seeds, progress=bar.update, on_eval=postfix)
         bar.close()
         for seed, result in zip(seeds, runs, strict=True):
@@ -310,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
         return render(pathlib.Path(args.render))
     if args.seeds < 1:
         parser().error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.first_seed < 0:
+        parser().error(f"--first-seed must be >= 0, got {args.first_seed}")
     try:
         problems = _problems(args.problem)
         method_specs = specs.parse_methods(args.methods)
@@ -375,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
         records = _merged(previous["runs"], records)
         meta["command"] = f"{previous['command']}; then {command}"
         meta["wall_seconds"] += previous["wall_seconds"]
-        meta["seeds"] = max(meta["seeds"], previous["seeds"])
+        meta["seeds"] = len({r["seed"] for r in records})
     text = report.document(records, meta)
     paths = dict(
         json=out / "runs.json", csv=out / "runs.csv", table=out / "table.md", **paths

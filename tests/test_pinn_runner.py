@@ -119,6 +119,11 @@ def test_runner_end_to_end_writes_every_output(tmp_path, capsys):
     assert added["methods"] == ["equal", "inverse_loss(min_weight=0.0)", "inverse_loss"]
     assert added["command"].startswith(data["command"] + "; then ")
     assert "| `inverse_loss` |" in (out / "table.md").read_text()
+    # --first-seed: seed 3 joins seed 0 (--add), the seed count is the distinct seeds.
+    pinn.main([*common, "--steps", "20", "--methods", "equal", "--first-seed", "3"])
+    seeded = json.loads((out / "runs.json").read_text())
+    assert [r["seed"] for r in seeded["runs"] if r["method"] == "equal"] == [0, 3]
+    assert seeded["seeds"] == 2
     # Runs of another length cannot be added to the same table.
     with pytest.raises(SystemExit):
         pinn.main([*common, "--steps", "30", "--methods", "equal"])

@@ -75,6 +75,48 @@ def test_paper_presets_match_the_papers():
     assert poisson.preset("adam").optimizer == "adam"
 
 
+def test_helmholtz_paper_preset_is_the_authors_setup():
+    # ../shared/BENCHMARKS.md section 1 and the authors' Helmholtz2D code: 3 x 50
+    # tanh, untruncated Xavier normal, inputs standardized by the domain's mean
+    # and std, 128 points per side per step, boundary loss = sum over the 4 sides
+    # of their mean squares, Adam 1e-3 * 0.9^(step/1000), 40k steps, 100 x 100 grid.
+    problem = get_problem("helmholtz")
+    paper = problem.preset("paper")
+    assert (paper.layers, paper.batch, paper.steps) == ((2, 50, 50, 50, 1), 128, 40_000)
+    assert (paper.optimizer, paper.learning_rate) == ("adam", 1e-3)
+    assert (paper.decay_rate, paper.decay_steps) == (0.9, 1000)
+    assert (paper.init, paper.standardize, paper.sum_pieces) == ("xavier", True, True)
+    assert problem.eval_shape == (100, 100) and dict(problem.pieces) == {"bc": 4}
+    assert get_problem("helmholtz5").preset("paper") == paper
+    # Standardization maps U(-1, 1)^2 to mean 0 and std 1 per input.
+    points = problem.sample(jax.random.key(0), 200_000)["pde"]
+    mean = jnp.asarray(problem.input_mean)[None, :]
+    std = jnp.asarray(problem.input_std)[None, :]
+    np.testing.assert_allclose(std, 1 / math.sqrt(3), rtol=1e-6)
+    scaled = (points - mean) / std
+    np.testing.assert_allclose(jnp.mean(scaled, axis=0), 0.0, atol=0.01)
+    np.testing.assert_allclose(jnp.std(scaled, axis=0), 1.0, atol=0.01)
+    # The preset's network sees x * sqrt(3): the same weights unscaled, at x * sqrt(3).
+    x = points[:5]
+    plain = MLP(paper.layers, rngs=nnx.Rngs(0), init="xavier")
+    np.testing.assert_allclose(
+        problem.network(paper, 0)(x), plain(x * math.sqrt(3)), rtol=1e-5, atol=1e-6
+    )
+    # Boundary loss: the sum of the sides' mean squares (helmholtz5's side terms).
+    small = MLP((2, 8, 1), rngs=nnx.Rngs(1))
+    batch = problem.sample(jax.random.key(1), 16)
+    sides = get_problem("helmholtz5").loss_terms(
+        small, get_problem("helmholtz5").sample(jax.random.key(1), 16)
+    )
+    summed = problem.loss_terms(small, batch, sum_pieces=True)
+    total = sum(float(sides[s]) for s in ("left", "right", "bottom", "top"))
+    assert float(summed["bc"]) == pytest.approx(total, rel=1e-5)
+    assert float(summed["pde"]) == pytest.approx(float(sides["pde"]), rel=1e-5)
+    assert float(problem.loss_terms(small, batch)["bc"]) == pytest.approx(
+        total / 4, rel=1e-5
+    )
+
+
 def test_schedule_decays_by_point_nine_per_thousand_steps():
     schedule = get_problem("helmholtz").preset("paper").schedule()
     assert float(schedule(0)) == pytest.approx(1e-3)

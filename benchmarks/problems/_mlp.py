@@ -103,9 +103,9 @@ class MLP(nnx.Module):
                 f"shape (N, {self.layers[0]}), got shape {x.shape}"
             )
         if self.input_mean is not None:
-            x = (x - jnp.asarray(self.input_mean, x.dtype)) / jnp.asarray(
-                self.input_std, x.dtype
-            )
+            shape = (1,) * (x.ndim - 1) + (-1,)  # explicit broadcast over a batch
+            mean = jnp.asarray(self.input_mean, x.dtype).reshape(shape)
+            x = (x - mean) / jnp.asarray(self.input_std, x.dtype).reshape(shape)
         for linear in self.linears[:-1]:
             x = jnp.tanh(linear(x))
         return self.linears[-1](x)[..., 0]
