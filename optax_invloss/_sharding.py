@@ -21,6 +21,36 @@ def global_mean(losses: Any, axis_name: Any, counts: Any = None) -> Any:
     :math:`\sum_d c_d L_d / \sum_d c_d`, which is right for any split of the batch.
     Both are summed as :math:`\sum_d (c_d / \sum_e c_e) L_d`, so losses up to
     the dtype's largest value do not overflow the sum.
+
+    Args:
+      losses: this device's loss terms (a pytree of scalars).
+      axis_name: the mapped axis to reduce over (of ``shard_map``, ``pmap`` or
+        ``vmap``).
+      counts: None, or the number of points behind each of this device's
+        losses: a scalar for every term, or a pytree like ``losses``.
+
+    Returns:
+      The global losses, the same on every device, in the structure of
+      ``losses``.
+
+    Examples:
+      Two "devices" as a ``vmap`` axis (``shard_map`` reduces the same way):
+
+      >>> import jax, jax.numpy as jnp, optax_invloss
+      >>> local = {"pde": jnp.array([1.0, 3.0]), "bc": jnp.array([0.2, 0.4])}
+      >>> mean = jax.vmap(
+      ...     lambda l: optax_invloss.global_mean(l, "d"), axis_name="d")(local)
+      >>> print({k: [round(float(x), 4) for x in v] for k, v in mean.items()})
+      {'bc': [0.3, 0.3], 'pde': [2.0, 2.0]}
+
+      With 1 point of ``pde`` on the first device and 3 on the second:
+
+      >>> counts = {"pde": jnp.array([1.0, 3.0]), "bc": jnp.array([1.0, 1.0])}
+      >>> mean = jax.vmap(
+      ...     lambda l, c: optax_invloss.global_mean(l, "d", c), axis_name="d"
+      ... )(local, counts)
+      >>> print(round(float(mean["pde"][0]), 4))  # (1 * 1 + 3 * 3) / 4
+      2.5
     """
     # Each device's loss is multiplied by its share of the points (1 / devices,
     # or count / total count) before the sum, so that the sum of losses near the
