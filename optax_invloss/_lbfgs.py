@@ -6,8 +6,8 @@ that moves under it breaks both. :func:`run_lbfgs` runs a phase on one fixed
 objective at a time: frozen weights, weights refreshed at chosen iterations
 with the L-BFGS state reset, or the log objective
 (:func:`optax_invloss.log_objective`). A step whose line search failed is
-rejected, so the objective of a phase never rises. README.md ("Adam, then
-L-BFGS") is the guide: which policy when, and the recipe.
+rejected, so the objective of a phase never rises. The guide (which policy
+when, and the recipe) is docs/guides/lbfgs.md.
 """
 
 from __future__ import annotations
