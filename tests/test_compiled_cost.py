@@ -25,7 +25,10 @@ _SHAPES = {"w1": (2, 16), "w2": (16, 16), "w3": (16, 1)}
 
 def _params():
     keys = jax.random.split(jax.random.key(0), 3)
-    return {k: 0.3 * jax.random.normal(key, s) for key, (k, s) in zip(keys, _SHAPES.items())}
+    return {
+        k: 0.3 * jax.random.normal(key, s)
+        for key, (k, s) in zip(keys, _SHAPES.items(), strict=True)
+    }
 
 
 def _terms(params, x):

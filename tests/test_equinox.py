@@ -39,7 +39,6 @@ def make():
 
 def test_first_update_is_the_papers_ratio_of_gradients():
     params, static, tx = make()
-    model = eqx.combine(params, static)
 
     @eqx.filter_jit
     def step(params, opt_state):
