@@ -10,7 +10,7 @@
   cross-reference or a docstring that does not parse is an error), with a page for
   every public name and the included README text on the pages.
 - The Python blocks of every page run top to bottom, one namespace per page, as the
-  README's do in ``tests/test_readme.py``; the docstrings' examples run as doctests
+  README's do in ``tests/test_notebooks.py``; the docstrings' examples run as doctests
   (``--doctest-modules``).
 
 Without xdist the build runs in a subprocess while the pages' code runs here, and

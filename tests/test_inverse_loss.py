@@ -185,7 +185,7 @@ positive = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False)
 loss_lists = st.lists(positive, min_size=1, max_size=7)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(losses=loss_lists)
 def test_bare_setting_equals_the_formula(losses):
     weights, _ = _weights(oil.inverse_loss(**BARE), [losses], jit=False)
@@ -193,7 +193,7 @@ def test_bare_setting_equals_the_formula(losses):
     np.testing.assert_allclose(weights[0], inverse / inverse.sum(), rtol=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     losses=loss_lists,
     lo_frac=st.floats(0.0, 1.0),

@@ -208,27 +208,29 @@ def _colab_preinstalled() -> list[str]:
     return [*project["dependencies"], *extra, "ipykernel", "nbclient"]
 
 
-def _preinstall(python: pathlib.Path) -> None:
-    """Installs :func:`_colab_preinstalled` into the fresh environment.
-
-    With uv when it is there (it links from its cache: seconds instead of pip's
-    minute and a half for jax and flax), else with pip. Either way the install
-    cell then resolves these as satisfied and installs the package itself.
-    """
+def _install(python: pathlib.Path, *requirements: str) -> None:
+    """Installs ``requirements`` into the fresh environment, with uv if it is
+    there (it links from its cache), else with pip."""
     uv = shutil.which("uv")
     if uv is not None:
-        args = [uv, "pip", "install", "-q", "--python", python]
+        args = [uv, "pip", "install", "-q", "--python", python, *requirements]
         result = subprocess.run(
-            [*args, *_colab_preinstalled()],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=900,
+            args, capture_output=True, text=True, env=_env(), timeout=900
         )
         if result.returncode == 0:
             return
         print(f"uv failed, falling back to pip:\n{result.stderr[-2000:]}")
-    _run([python, "-m", "pip", "install", "-q", *_colab_preinstalled()], timeout=900)
+    _run([python, "-m", "pip", "install", "-q", *requirements], timeout=900)
+
+
+def _preinstall(python: pathlib.Path) -> None:
+    """Installs :func:`_colab_preinstalled` into the fresh environment.
+
+    With uv when it is there (seconds instead of pip's minute and a half for jax
+    and flax). Either way the install cell then resolves these as satisfied and
+    installs the package itself.
+    """
+    _install(python, *_colab_preinstalled())
 
 
 def _build(venv: pathlib.Path, scratch: pathlib.Path) -> dict:
@@ -264,6 +266,9 @@ def _build(venv: pathlib.Path, scratch: pathlib.Path) -> dict:
     nbformat.write(check, check_path)
     executed = _execute(venv, check_path, scratch)
     install_output = "".join(o.get("text", "") for o in executed.cells[0].outputs)
+    # The README's Equinox section needs Equinox, which the package does not
+    # declare: a user installs it (`pip install equinox`).
+    _install(python, "equinox")
     info = json.loads(executed.cells[1].outputs[0]["text"])
     info["install_output"] = install_output
     return info
@@ -309,3 +314,15 @@ def test_notebook_runs_in_the_fresh_venv(path, fresh_venv, tmp_path):
         if o.output_type == "error"
     ]
     assert not errors
+
+
+def test_readme_runs_in_the_fresh_venv(fresh_venv, tmp_path):
+    # The README's Python blocks, top to bottom in one script, as a new user runs
+    # them: the package from the clone's build with its declared dependencies
+    # (and Equinox for its section), default JAX settings, from a scratch folder.
+    venv, _ = fresh_venv
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 4, "the README lost its code examples"
+    script = tmp_path / "readme.py"
+    script.write_text("\n\n".join(blocks))
+    _run([venv / "bin" / "python", script], cwd=tmp_path, timeout=900)
