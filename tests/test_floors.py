@@ -7,9 +7,9 @@ copy of tests/ (so that it imports the installed package, not the clone): the Op
 wrapper's tests, and the contract and sharding suites (``jax.shard_map``, ``jax.P``,
 ``reshard``) for one method whose numerics use the most of jax.numpy (SoftAdapt:
 slopes scaled by powers of two, a guarded softmax). numpy 1.26's scalar promotion
-differs from numpy 2's; this check found one place where it mattered. The floor
-of the ``flax`` extra (flax 0.12.1, which itself needs jax >= 0.8.1) is not
-checked here.
+differs from numpy 2's; this check found one place where it mattered. Then the
+floor of the ``flax`` extra (tests/floors-flax.txt: flax 0.12.7, which itself
+needs jax >= 0.10.0) goes in over them, for one NNX test.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import tomllib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FLOORS = ROOT / "tests" / "floors.txt"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+FLAX_FLOOR = "0.12.7"  # pyproject's `flax` extra; tests/floors-flax.txt pins it
 
 
 def _pins() -> dict[str, str]:
@@ -48,6 +49,7 @@ def test_floors_file_pins_every_declared_floor():
     pinned = {name: release(pin) for name, pin in _pins().items()}
     assert pinned == declared
     assert PROJECT["requires-python"] == ">=3.11"
+    assert PROJECT["optional-dependencies"]["flax"][0] == f"flax>={FLAX_FLOOR}"
 
 
 def _env() -> dict[str, str]:
@@ -107,7 +109,23 @@ def test_the_suite_passes_on_the_declared_floors(tmp_path):
         ],
         cwd=tmp_path,
     )
-    for result, least in ((wrapper, 5), (one_method, 10)):
+    # The `flax` extra's floor over the core floors: NNX with a gradient-based
+    # method and with a loss-value method.
+    _install(python, "-r", ROOT / "tests" / "floors-flax.txt")
+    flax_version = _run(
+        [python, "-c", "import flax; print(flax.__version__)"], cwd=tmp_path
+    ).stdout.strip()
+    assert flax_version == FLAX_FLOOR, flax_version
+    nnx = _run(
+        [
+            *pytest_args,
+            "tests/test_nnx.py",
+            "-k",
+            "gradient_methods_take_functions_of_the_model and lr_annealing",
+        ],
+        cwd=tmp_path,
+    )
+    for result, least in ((wrapper, 5), (one_method, 10), (nnx, 1)):
         passed = re.search(r"(\d+) passed", result.stdout)
         assert passed and int(passed.group(1)) >= least, result.stdout[-2000:]
 
