@@ -4,8 +4,10 @@ Reads the ``runs.json`` of several runner folders (``python -m benchmarks.pinn``
 and writes a markdown matrix: one row per method, one column per problem, each
 cell the median final relative L2 error over the seeds and its ratio to equal
 weights on the same problem (below 1: better than equal weights); the best
-median of each column in bold. A run that ended in NaN counts as the worst; the
-cell says how many did, and "diverged" when the median is one of them.
+median of each column in bold. A problem run at a preset other than quick or
+standard is its own column, named with the preset. A run that ended in NaN
+counts as the worst; the cell says how many did, and "diverged" when the
+median is one of them.
 
 Run::
 
@@ -34,12 +36,21 @@ def load(folders: list[pathlib.Path]) -> dict:
     for folder in folders:
         data = json.loads((folder / "runs.json").read_text())
         for run in data["runs"]:
-            problem = run["problem"]
+            problem = _column(run)
             errors.setdefault(problem, {}).setdefault(run["method"], []).append(
                 run["final_rel_l2"]
             )
             steps.setdefault(problem, set()).add(run["adam_steps"])
     return {"errors": errors, "steps": steps}
+
+
+def _column(run: dict) -> str:
+    """A problem's column: its name, and the preset's unless quick or standard
+    (``poisson standard_adam``: the same problem under another optimizer)."""
+    preset = run.get("preset", "quick")
+    if preset in ("quick", "standard"):
+        return run["problem"]
+    return f"{run['problem']} {preset}"
 
 
 def _median(errors: list[float]) -> float:
