@@ -1,11 +1,33 @@
-"""Train one PINN with one weighting method: the loop every benchmark shares.
+"""Train one PINN with one method: the loop every benchmark shares.
 
-The training step is the one the README teaches: one forward and one backward pass
-per step; the weights applied at a step are those already in the optimizer state
-(``optax_invloss.loss_weights(opt_state)``), and the losses of this step update them
-through :func:`optax_invloss.with_weighting`. Steps run jitted in chunks under
-``lax.scan``; the error on the evaluation grid is measured between chunks, outside
-the timed region.
+The training step (:func:`weighted_step`) is the one the docs teach for each family:
+
+- a term weighting: one forward and one backward pass per step; the weights
+  applied at a step are those already in the optimizer state
+  (``optax_invloss.loss_weights(opt_state)``), and the losses of this step update
+  them through :func:`optax_invloss.with_weighting`;
+- a gradient aggregator (a :class:`benchmarks.methods.Aggregator`):
+  ``optax.chain(aggregator, optimizer)``, whose ``update`` gets ``loss_fn=`` and
+  computes the per-term gradients itself (one backward pass per term, on refresh
+  steps only with ``update_every=K``; a plain gradient of the weighted sum with
+  the stored weights in between), combines them, and hands the direction to the
+  optimizer;
+- a per-point weighting (``optax_invloss.rba``, ``self_adaptive``): the residuals
+  computed once inside the differentiated function, the per-point weights
+  updated from them and the method's weighted loss differentiated, as
+  :class:`optax_invloss.PointWeightingMethod` describes.
+
+Per-point weights belong to points, so those runs train on a fixed *pool* of
+collocation points, drawn once per seed (``problem.sample`` with ``pool`` points
+per piece): when the pool is the batch size, every step uses the whole pool (a
+fixed collocation set, as the RBA and SA-PINN papers train); when it is larger,
+each step draws ``batch`` points of each term from it without replacement and
+passes their positions as ``indices`` (the library's index-addressed mode). Any
+method can be trained on a pool (``pool=``); without one, the points are
+resampled every step.
+
+Steps run jitted in chunks under ``lax.scan``; the error on the evaluation grid is
+measured between chunks, outside the timed region.
 
 :class:`Trainer` compiles the chunk once for a (problem, method, settings) and runs
 it for any number of seeds; :func:`train` is the one-run shortcut.
@@ -58,6 +80,14 @@ class RunResult:
         step of sufficient decrease.
       batch_seeds: seeds trained together in the run's compiled program; its
         times are the batch's divided by this.
+      kind: the method's family: ``"weighting"``, ``"aggregator"`` or
+        ``"point"``. The ``weights`` of an aggregator are the weights ``w`` of
+        its update ``J^T w`` at each step (empty for M-ConFIG, which has none);
+        those of a per-point method are each term's mean per-point weight.
+      pool: points per piece of the fixed pool the run trained on, or None
+        (points resampled every step).
+      point_weights: a per-point method's final weights, ``{term: (N_pool,)}``
+        (the weighted terms only); None for the other families.
     """
 
     steps: np.ndarray
@@ -76,6 +106,9 @@ class RunResult:
     lbfgs_weights: dict | None = None
     lbfgs_linesearch_failures: int = 0
     batch_seeds: int = 1
+    kind: str = "weighting"
+    pool: int | None = None
+    point_weights: dict | None = None
 
     @property
     def final_error(self) -> float:
@@ -127,6 +160,19 @@ def _equal_weights() -> oil.WeightingMethod:
     return oil.WeightingMethod(init, update)
 
 
+#: Offset of the seed in the key of its fixed pool of collocation points.
+POOL_KEY_OFFSET = 2_000_003
+
+
+def method_kind(method: Any) -> str:
+    """``"weighting"`` (None too), ``"aggregator"`` or ``"point"``."""
+    if isinstance(method, specs.Aggregator):
+        return "aggregator"
+    if isinstance(method, oil.PointWeightingMethod):
+        return "point"
+    return "weighting"
+
+
 #: Key of the fixed batch every L-BFGS phase runs on (the same for every seed, so
 #: that the compiled phase is shared; the seeds differ by initialisation and by
 #: the Adam phase's samples).
@@ -138,7 +184,9 @@ class Trainer:
 
     Args:
       problem: a benchmark problem.
-      method: a weighting method of the library, or None for the plain sum.
+      method: a weighting method of the library, or None for the plain sum; a
+        :class:`benchmarks.methods.Aggregator`; or a per-point method
+        (``optax_invloss.PointWeightingMethod``).
       settings: network, batch, steps and optimizer (a problem's preset,
         possibly edited with ``dataclasses.replace``).
       steps: number of steps (default: the settings'); rounded up to whole chunks.
@@ -150,6 +198,11 @@ class Trainer:
       lbfgs: keyword arguments of ``run_lbfgs`` for that phase: ``policy``
         (``"frozen"`` by default), ``refresh_every``, ``eps``. The weighting
         method and, for ``"refreshed"``, ``residual_fn`` are passed along.
+        Term weightings only.
+      pool: train on a fixed pool of this many points per piece, drawn once
+        per seed (at least ``settings.batch``); None resamples every step,
+        except for a per-point method, whose default pool is ``settings.batch``
+        points (a fixed collocation set).
     """
 
     def __init__(
@@ -163,6 +216,7 @@ class Trainer:
         optimizer: optax.GradientTransformation | None = None,
         lbfgs_steps: int = 0,
         lbfgs: Mapping[str, Any] | None = None,
+        pool: int | None = None,
     ):
         self.problem = problem
         self.settings = settings
@@ -177,6 +231,21 @@ class Trainer:
                 "version of optax_invloss has no L-BFGS weighting policies "
                 "(optax_invloss.run_lbfgs)"
             )
+        self.kind = method_kind(method)
+        if lbfgs_steps and self.kind != "weighting":
+            raise ValueError(
+                f"lbfgs_steps = {lbfgs_steps}: the runner's L-BFGS phase follows a "
+                f"term weighting only, not a{'n' if self.kind[0] == 'a' else ''} "
+                f"{'aggregator' if self.kind == 'aggregator' else 'per-point method'}"
+            )
+        if pool is None and self.kind == "point":
+            pool = settings.batch
+        if pool is not None and (isinstance(pool, bool) or int(pool) < settings.batch):
+            raise ValueError(
+                f"pool must be at least the batch size {settings.batch} (points per "
+                f"piece), got pool = {pool!r}"
+            )
+        self.pool = None if pool is None else int(pool)
         self.chunk = max(1, min(int(chunk), self.steps))
         self.n_chunks = -(-self.steps // self.chunk)
         self.method = _equal_weights() if method is None else method
@@ -213,26 +282,55 @@ class Trainer:
             lambda k: problem.sample(k, settings.batch), jax.random.key(0)
         )
         example = jax.eval_shape(loss_fn, params, batch)
-        self.tx = tx = oil.with_weighting(
-            optimizer if optimizer is not None else settings.make_optimizer(),
-            self.method,
-            losses=example,
-        )
+        if optimizer is None:
+            optimizer = settings.make_optimizer()
+            if self.kind == "aggregator" and self.method.plain_sgd:
+                optimizer = optax.sgd(settings.schedule())
+        if self.kind == "weighting":
+            tx = oil.with_weighting(optimizer, self.method, losses=example)
+        elif self.kind == "aggregator":
+            tx = optax.chain(self.method.transform, optimizer)
+        else:
+            tx = optimizer
+        self.tx = tx
+        point_loss = None
+        if self.kind == "point":
+            point_loss = _point_loss(problem, settings, self.method, residual_fn)
+        draw = None
+        if self.pool is not None:
+            pool_shape = jax.eval_shape(
+                lambda k: problem.sample(k, self.pool), jax.random.key(0)
+            )
+            draw = _draw(batch, pool_shape)
 
         step = weighted_step(
-            tx, loss_fn, residual_fn, lambda key: problem.sample(key, settings.batch)
+            tx,
+            loss_fn,
+            residual_fn,
+            lambda key: problem.sample(key, settings.batch),
+            aggregator=self.kind == "aggregator",
+            point_loss=point_loss,
+            draw=draw,
         )
 
-        def run_chunk(params, opt_state, keys):
-            return jax.lax.scan(step, (params, opt_state), keys)
+        def run_chunk(params, opt_state, extra, keys):
+            return jax.lax.scan(step, (params, opt_state, extra), keys)
 
         # Every seed of a run in one program (each with its own parameters,
         # optimizer and weighting state, and keys): the chunk vmapped over seeds,
         # or, for a gradient-based method, the seeds one after the other in the
         # program. Under vmap a method's lax.cond on "an update is due" becomes a
         # select (its predicate depends on the per-seed state), which would run
-        # the per-term gradients on every step, due or not.
-        self.vmapped = not specs.needs_gradients(self.method)
+        # the per-term gradients on every step, due or not. Aggregators: vmapped
+        # with a refresh every step (no conditional); seed by seed with
+        # update_every > 1 and for M-ConFIG (a lax.switch over the terms).
+        # Per-point methods: vmapped.
+        if self.kind == "weighting":
+            self.vmapped = not specs.needs_gradients(self.method)
+        elif self.kind == "aggregator":
+            self.vmapped = self.method.vmappable
+        else:
+            self.vmapped = True
         self._batched_chunk = jax.jit(
             jax.vmap(run_chunk) if self.vmapped else _seed_by_seed(run_chunk)
         )
@@ -255,13 +353,43 @@ class Trainer:
             lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), tree
         )
         params = batched(self._params_example)
-        opt_state = batched(jax.eval_shape(self.tx.init, self._params_example))
+        opt_state, extra = batched(
+            jax.eval_shape(self._init, self._params_example, jax.random.key(0))
+        )
         keys = jax.eval_shape(
             lambda: jax.random.split(jax.random.key(0), (n, self.chunk))
         )
         start = time.perf_counter()
-        self._compiled[n] = self._batched_chunk.lower(params, opt_state, keys).compile()
+        lowered = self._batched_chunk.lower(params, opt_state, extra, keys)
+        self._compiled[n] = lowered.compile()
         return time.perf_counter() - start
+
+    def _init(self, params, pool_key) -> tuple[Any, dict]:
+        """One seed's ``(opt_state, extra)``: ``extra`` holds its fixed pool of
+        points (``"pool"``) and a per-point method's state (``"point_state"``)."""
+        extra = {}
+        if self.pool is not None:
+            extra["pool"] = self.problem.sample(pool_key, self.pool)
+        if self.kind == "point":
+            residuals = jax.eval_shape(
+                lambda p, x: self.problem.residuals(nnx.merge(self.graphdef, p), x),
+                params,
+                extra["pool"],
+            )
+            extra["point_state"] = self.method.init(residuals)
+        return self.tx.init(params), extra
+
+    def _skipped(self, opt_state, extra) -> jax.Array:
+        """Updates the method refused (NaN/Inf), per seed."""
+        if self.kind == "point":
+            return extra["point_state"].skipped_updates
+        if self.kind == "aggregator":
+            for name in ("aggregation_skipped", "m_config_skipped"):
+                value = optax.tree.get(opt_state, name)
+                if value is not None:
+                    return value
+            raise RuntimeError("the aggregator's state has no skip counter")
+        return opt_state.weighting_state.skipped_updates
 
     def _keys(self, seed: int) -> jax.Array:
         """The step keys of ``seed``: shape ``(n_chunks, chunk)``."""
@@ -322,12 +450,15 @@ class Trainer:
         if any(g != self.graphdef for g, _ in inits):  # pragma: no cover
             raise RuntimeError("the network's structure changed between seeds")
         params = jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p in inits])
-        opt_state = jax.vmap(self.tx.init)(params)
+        pool_keys = jnp.stack([jax.random.key(s + POOL_KEY_OFFSET) for s in seeds])
+        opt_state, extra = jax.vmap(self._init)(params, pool_keys)
         keys = jnp.stack([self._keys(s) for s in seeds], axis=1)
         times, cpu_times, errors, at, losses_h, weights_h = [], [], [], [], [], []
         for i in range(self.n_chunks):
             start, cpu_start = time.perf_counter(), time.process_time()
-            (params, opt_state), (losses, weights) = program(params, opt_state, keys[i])
+            (params, opt_state, extra), (losses, weights) = program(
+                params, opt_state, extra, keys[i]
+            )
             jax.block_until_ready(params)
             times.append((time.perf_counter() - start) / n)
             cpu_times.append((time.process_time() - cpu_start) / n)
@@ -341,6 +472,10 @@ class Trainer:
                 on_eval(at[-1], errors[-1])
         cat = lambda hs, j: {k: np.concatenate([h[k][j] for h in hs]) for k in hs[0]}
         seed_of = lambda tree, j: jax.tree.map(lambda x: x[j], tree)
+        skipped = np.asarray(self._skipped(opt_state, extra))
+        point_weights = None
+        if self.kind == "point":
+            point_weights = jax.device_get(extra["point_state"].point_weights)
         results = []
         for j in range(n):
             result = RunResult(
@@ -352,11 +487,16 @@ class Trainer:
                 compile_seconds=0.0,
                 params=seed_of(params, j),
                 graphdef=self.graphdef,
-                skipped_updates=int(opt_state.weighting_state.skipped_updates[j]),
+                skipped_updates=int(skipped[j]),
                 adam_steps=at[-1],
                 chunk_seconds=tuple(times),
                 chunk_cpu_seconds=tuple(cpu_times),
                 batch_seeds=n,
+                kind=self.kind,
+                pool=self.pool,
+                point_weights=None
+                if point_weights is None
+                else {k: np.asarray(v[j]) for k, v in point_weights.items()},
             )
             if self.lbfgs_steps:
                 weighting_state = seed_of(opt_state.weighting_state, j)
@@ -404,10 +544,10 @@ class Trainer:
 def _seed_by_seed(run_chunk: Callable) -> Callable:
     """``run_chunk`` over a leading seed axis, one seed after the other."""
 
-    def run(params, opt_state, keys):
+    def run(params, opt_state, extra, keys):
         seed = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
         outs = [
-            run_chunk(seed(params, i), seed(opt_state, i), keys[i])
+            run_chunk(seed(params, i), seed(opt_state, i), seed(extra, i), keys[i])
             for i in range(keys.shape[0])
         ]
         return jax.tree.map(lambda *x: jnp.stack(x), *outs)
@@ -415,44 +555,143 @@ def _seed_by_seed(run_chunk: Callable) -> Callable:
     return run
 
 
+def _draw(batch: Any, pool: Any) -> Callable:
+    """``draw(key, pool) -> (batch, indices)``: a minibatch from a fixed pool.
+
+    ``batch`` and ``pool`` are the shapes of one sample of the batch size and of
+    the pool. Each term draws its batch's number of points from its pool
+    without replacement; ``indices`` are their positions. When every term's pool
+    is its batch (a fixed collocation set), the whole pool is the batch, in
+    order, and ``indices`` is None.
+    """
+    sizes = {t: (pool[t].shape[0], batch[t].shape[0]) for t in batch}
+    if all(n_pool == n for n_pool, n in sizes.values()):
+        return lambda key, pool: (pool, None)
+
+    def draw(key, pool):
+        keys = dict(zip(sizes, jax.random.split(key, len(sizes)), strict=True))
+        indices = {
+            t: jax.random.choice(keys[t], n_pool, (n,), replace=False)
+            for t, (n_pool, n) in sizes.items()
+        }
+        return {t: pool[t][i] for t, i in indices.items()}, indices
+
+    return draw
+
+
+def _point_loss(problem, settings, method, residual_fn) -> Callable:
+    """``point_loss(params, batch, point_state, indices) -> (losses, point_state,
+    point_weights)``: the per-point method's step inside the differentiated
+    function (its term losses, ``k`` times for a term of ``k`` pieces under
+    ``sum_pieces``, as :meth:`Problem.loss_terms`)."""
+    scale = {
+        t: problem.pieces.get(t, 1) if settings.sum_pieces else 1
+        for t in problem.term_names
+    }
+
+    def point_loss(params, batch, point_state, indices):
+        residuals = residual_fn(params, batch)
+        weights, point_state = method.update(residuals, point_state, indices=indices)
+        losses = method.loss(residuals, weights)
+        losses = {t: scale.get(t, 1) * v for t, v in losses.items()}
+        return losses, point_state, weights
+
+    return point_loss
+
+
 def weighted_step(
     tx: optax.GradientTransformationExtraArgs,
     loss_fn: Callable,
     residual_fn: Callable,
     sample: Callable,
+    *,
+    aggregator: bool = False,
+    point_loss: Callable | None = None,
+    draw: Callable | None = None,
 ) -> Callable:
     """The training step every benchmark times: ``(carry, key) -> (carry, out)``.
 
-    ``carry = (params, opt_state)`` with ``tx`` from ``with_weighting``; the batch
-    is ``sample(key)``. One forward and one backward pass of the weighted sum with
-    the weights in the state; the same forward pass's losses update them, and
-    ``loss_fn(params, batch)``, ``residual_fn(params, points)`` and the points go
-    to ``tx.update`` for the gradient-based methods. ``out = (losses, weights)``.
+    ``carry = (params, opt_state)``, or ``(params, opt_state, extra)`` with
+    ``extra`` a dict that may hold a fixed ``"pool"`` of points (the batch is
+    then ``draw(key, pool) -> (batch, indices)``, see :class:`Trainer`) and a
+    per-point method's ``"point_state"``; otherwise the batch is ``sample(key)``.
+    ``out = (losses, weights)``, the weights applied at the step.
+
+    - Term weighting (the default; ``tx`` from ``with_weighting``): one forward
+      and one backward pass of the weighted sum with the weights in the state;
+      the same forward pass's losses update them, and ``loss_fn(params,
+      batch)``, ``residual_fn(params, points)`` and the points go to
+      ``tx.update`` for the gradient-based methods.
+    - ``aggregator`` (``tx = optax.chain(aggregator, optimizer)``): ``tx.update``
+      gets ``loss_fn=`` and computes the per-term gradients itself (their
+      forward computation shared with the losses' under ``jit``); the weights
+      are the aggregator's ``w`` of this step (none for M-ConFIG).
+    - ``point_loss`` (``tx`` the optimizer): ``point_loss(params, batch,
+      point_state, indices) -> (losses, point_state, point_weights)`` inside the
+      differentiated function; the weights are each term's mean per-point weight.
     """
 
     def step(carry, key):
-        params, opt_state = carry
-        batch = sample(key)
-        weights = oil.loss_weights(opt_state)
+        params, opt_state, *rest = carry
+        extra = dict(rest[0]) if rest else {}
+        if "pool" in extra:
+            batch, indices = draw(key, extra["pool"])
+        else:
+            batch, indices = sample(key), None
+        if point_loss is not None:
 
-        def total(params):
+            def total(params):
+                losses, state, point_weights = point_loss(
+                    params, batch, extra["point_state"], indices
+                )
+                return sum(jax.tree.leaves(losses)), (losses, state, point_weights)
+
+            (_, (losses, state, point_weights)), grads = jax.value_and_grad(
+                total, has_aux=True
+            )(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            extra["point_state"] = state
+            weights = {t: jnp.mean(w) for t, w in point_weights.items()}
+        elif aggregator:
             losses = loss_fn(params, batch)
-            return oil.weighted_sum(losses, weights), losses
+            updates, opt_state = tx.update(
+                params, opt_state, params, loss_fn=lambda p: loss_fn(p, batch)
+            )
+            weights = _aggregation_weights(opt_state, losses)
+        else:
+            weights = oil.loss_weights(opt_state)
 
-        (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        updates, opt_state = tx.update(
-            grads,
-            opt_state,
-            params,
-            losses=losses,
-            loss_fn=lambda p: loss_fn(p, batch),
-            residual_fn=residual_fn,
-            points=batch,
-        )
+            def total(params):
+                losses = loss_fn(params, batch)
+                return oil.weighted_sum(losses, weights), losses
+
+            (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
+            updates, opt_state = tx.update(
+                grads,
+                opt_state,
+                params,
+                losses=losses,
+                loss_fn=lambda p: loss_fn(p, batch),
+                residual_fn=residual_fn,
+                points=batch,
+            )
         params = optax.apply_updates(params, updates)
-        return (params, opt_state), (losses, weights)
+        carry = (params, opt_state, extra) if rest else (params, opt_state)
+        return carry, (losses, weights)
 
     return step
+
+
+def _aggregation_weights(opt_state, losses) -> dict:
+    """The aggregator's weights by term, or ``{}`` when its state has none."""
+    try:
+        w = oil.aggregation_weights(opt_state)
+    except ValueError:  # M-ConFIG: an optimizer, no weights
+        return {}
+    leaves = jax.tree.leaves(losses)
+    if w.shape != (len(leaves),):  # built without num_terms
+        return {}
+    return jax.tree.unflatten(jax.tree.structure(losses), list(w))
 
 
 def train(
