@@ -394,7 +394,8 @@ class Trainer:
     def _keys(self, seed: int) -> jax.Array:
         """The step keys of ``seed``: shape ``(n_chunks, chunk)``."""
         key = jax.random.key(seed + 1_000_003)
-        if self.problem.full_batch:
+        # A fixed grid needs no keys, unless batches are drawn from a pool.
+        if self.problem.full_batch and self.pool is None:
             return jnp.broadcast_to(key, (self.n_chunks, self.chunk))
         keys = jax.random.split(key, self.n_chunks * self.chunk)
         return keys.reshape(self.n_chunks, self.chunk)

@@ -114,10 +114,10 @@ def test_m_config_takes_sgd_gives_no_weights_and_waits_for_every_term():
 
 
 def test_rba_on_a_pool_updates_the_batch_points_only():
-    # A pool of 16 points per piece, 4 drawn per step: after one step exactly the
+    # A pool of 16 points per term, 4 drawn per step: after one step exactly the
     # 4 drawn residual points have a weight, eta |r| / max |r| (so the largest is
     # eta), and the pool's shape is kept.
-    problem, settings = _tiny("helmholtz", batch=4)
+    problem, settings = _tiny("poisson", "adam", batch=4)
     trainer = Trainer(problem, _build("rba", problem), settings, steps=1, pool=16)
     assert (trainer.kind, trainer.vmapped, trainer.pool) == ("point", True, 16)
     result = trainer.run(0)
@@ -132,19 +132,23 @@ def test_rba_on_a_pool_updates_the_batch_points_only():
 
 def test_self_adaptive_on_a_fixed_set_ascends_from_its_init():
     # Default pool: the batch itself, every point every step (no indices). The
-    # weights start at U(0, 1) (100 U(0, 1) on "ic") and never decrease.
-    problem, settings = _tiny("burgers", batch=4)
-    method = _build("self_adaptive", problem)
-    trainer = Trainer(problem, method, settings, steps=3, chunk=3)
+    # weights start at U(0, 1) and never decrease.
+    problem, settings = _tiny("poisson", "adam", batch=4)
+    trainer = Trainer(problem, _build("self_adaptive", problem), settings, steps=3)
     assert trainer.pool == 4
     result = trainer.run(0)
     shapes = {t: jax.ShapeDtypeStruct((4,), jnp.float64) for t in problem.term_names}
-    init = oil.self_adaptive(init_scale={"ic": 100.0}).init(shapes).point_weights
+    init = oil.self_adaptive().init(shapes).point_weights
     assert set(result.point_weights) == set(problem.term_names)
     for term, lam in result.point_weights.items():
         assert lam.shape == (4,)
         assert np.all(lam >= np.asarray(init[term])) and np.any(lam > init[term])
-    assert 1.0 < init["ic"].max() <= 100.0
+    # On a problem with an initial condition, its weights start at 100 U(0, 1).
+    burgers = get_problem("burgers")
+    shapes = {t: jax.ShapeDtypeStruct((64,), jnp.float64) for t in burgers.term_names}
+    state = _build("self_adaptive", burgers).init(shapes)
+    assert 1.0 < state.point_weights["ic"].max() <= 100.0
+    assert state.point_weights["pde"].max() <= 1.0
 
 
 def test_bad_combinations_are_errors_before_compiling():
