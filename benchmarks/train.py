@@ -1,21 +1,11 @@
 """Train one PINN with one method: the loop every benchmark shares.
 
-The training step (:func:`weighted_step`) is the one the docs teach for each family:
-
-- a term weighting: one forward and one backward pass per step; the weights
-  applied at a step are those already in the optimizer state
-  (``optax_invloss.loss_weights(opt_state)``), and the losses of this step update
-  them through :func:`optax_invloss.with_weighting`;
-- a gradient aggregator (a :class:`benchmarks.methods.Aggregator`):
-  ``optax.chain(aggregator, optimizer)``, whose ``update`` gets ``loss_fn=`` and
-  computes the per-term gradients itself (one backward pass per term, on refresh
-  steps only with ``update_every=K``; a plain gradient of the weighted sum with
-  the stored weights in between), combines them, and hands the direction to the
-  optimizer;
-- a per-point weighting (``optax_invloss.rba``, ``self_adaptive``): the residuals
-  computed once inside the differentiated function, the per-point weights
-  updated from them and the method's weighted loss differentiated, as
-  :class:`optax_invloss.PointWeightingMethod` describes.
+The training step is :func:`benchmarks.step.weighted_step`, the one the docs teach
+for each family: a term weighting (one forward and one backward pass, the weights
+in the optimizer state), a gradient aggregator (a
+:class:`benchmarks.methods.Aggregator` chained in front of the optimizer, the
+per-term gradients computed by its ``update`` from ``loss_fn=``) or a per-point
+weighting (``rba``, ``self_adaptive``; updated inside the differentiated function).
 
 Per-point weights belong to points, so those runs train on a fixed *pool* of
 collocation points, drawn once per seed (``problem.sample`` with ``pool`` points
@@ -27,10 +17,9 @@ method can be trained on a pool (``pool=``); without one, the points are
 resampled every step.
 
 Steps run jitted in chunks under ``lax.scan``; the error on the evaluation grid is
-measured between chunks, outside the timed region.
-
-:class:`Trainer` compiles the chunk once for a (problem, method, settings) and runs
-it for any number of seeds; :func:`train` is the one-run shortcut.
+measured between chunks, outside the timed region. :class:`Trainer` compiles the
+chunk once for a (problem, method, settings) and runs it for any number of seeds;
+:func:`train` is the one-run shortcut.
 """
 
 from __future__ import annotations
@@ -49,100 +38,10 @@ from flax import nnx
 import optax_invloss as oil
 from benchmarks import methods as specs
 from benchmarks.problems import Preset, Problem, relative_l2
+from benchmarks.run_result import RunResult
+from benchmarks.step import draw_from_pool, point_loss_fn, weighted_step
 
-
-@dataclasses.dataclass
-class RunResult:
-    """What one training run produced.
-
-    Attributes:
-      steps: the step counts at which ``errors`` were measured (after the step).
-      errors: relative L2 error on the evaluation grid at those steps.
-      losses: per-term loss, ``{term: (steps_total,)}``, every step.
-      weights: per-term weight applied at each step, ``{term: (steps_total,)}``.
-      train_seconds: wall time of the jitted training chunks only (compilation
-        excluded: the chunk is compiled ahead of time, see ``compile_seconds``).
-      compile_seconds: wall time of compiling the chunk; 0 for every run of a
-        :class:`Trainer` after its first.
-      params: the final parameters (an ``nnx.State``).
-      graphdef: the network's ``nnx.GraphDef``; ``nnx.merge(graphdef, params)``
-        rebuilds the trained model.
-      skipped_updates: updates the weighting refused (NaN/Inf/negative losses).
-      adam_steps: steps of the first-order phase (``steps[-1]`` when no L-BFGS
-        phase follows).
-      chunk_seconds: wall time of each chunk of the first-order phase.
-      chunk_cpu_seconds: CPU time of the process (all threads) during each
-        chunk; steadier than wall time on a shared machine.
-      lbfgs_seconds: wall time of the L-BFGS phase (its compilation included on
-        a :class:`Trainer`'s first run); 0 without one.
-      lbfgs_weights: the weights at the end of the L-BFGS phase, or None.
-      lbfgs_linesearch_failures: L-BFGS iterations whose line search found no
-        step of sufficient decrease.
-      batch_seeds: seeds trained together in the run's compiled program; its
-        times are the batch's divided by this.
-      kind: the method's family: ``"weighting"``, ``"aggregator"`` or
-        ``"point"``. The ``weights`` of an aggregator are the weights ``w`` of
-        its update ``J^T w`` at each step (empty for M-ConFIG, which has none);
-        those of a per-point method are each term's mean per-point weight.
-      pool: points per piece of the fixed pool the run trained on, or None
-        (points resampled every step).
-      point_weights: a per-point method's final weights, ``{term: (N_pool,)}``
-        (the weighted terms only); None for the other families.
-    """
-
-    steps: np.ndarray
-    errors: np.ndarray
-    losses: dict
-    weights: dict
-    train_seconds: float
-    compile_seconds: float
-    params: object
-    graphdef: object
-    skipped_updates: int
-    adam_steps: int = 0
-    chunk_seconds: tuple[float, ...] = ()
-    chunk_cpu_seconds: tuple[float, ...] = ()
-    lbfgs_seconds: float = 0.0
-    lbfgs_weights: dict | None = None
-    lbfgs_linesearch_failures: int = 0
-    batch_seeds: int = 1
-    kind: str = "weighting"
-    pool: int | None = None
-    point_weights: dict | None = None
-
-    @property
-    def final_error(self) -> float:
-        return float(self.errors[-1])
-
-    @property
-    def best_error(self) -> float:
-        return float(np.min(self.errors))
-
-    @property
-    def seconds_per_step(self) -> float:
-        """Time per first-order step, without the first chunk when there are more.
-
-        The first call of a compiled chunk carries a one-off cost (a fraction of
-        a second on a CPU) that would dominate short runs; periodic work (an
-        update every K steps) is still counted as long as the run spans it.
-        """
-        return self._per_step(self.chunk_seconds)
-
-    @property
-    def cpu_seconds_per_step(self) -> float:
-        """Like ``seconds_per_step``, in CPU time of all the process's threads."""
-        return self._per_step(self.chunk_cpu_seconds)
-
-    def _per_step(self, times) -> float:
-        if len(times) < 2:
-            return sum(times) / max(self.adam_steps, 1)
-        return sum(times[1:]) / (self.adam_steps * (1 - 1 / len(times)))
-
-    @property
-    def final_weights(self) -> dict:
-        if self.lbfgs_weights is not None:
-            return dict(self.lbfgs_weights)
-        return {k: float(v[-1]) for k, v in self.weights.items()}
+__all__ = ["LBFGS_BATCH_KEY", "RunResult", "Trainer", "train", "weighted_step"]
 
 
 def _equal_weights() -> oil.WeightingMethod:
@@ -295,13 +194,13 @@ class Trainer:
         self.tx = tx
         point_loss = None
         if self.kind == "point":
-            point_loss = _point_loss(problem, settings, self.method, residual_fn)
+            point_loss = point_loss_fn(problem, settings, self.method, residual_fn)
         draw = None
         if self.pool is not None:
             pool_shape = jax.eval_shape(
                 lambda k: problem.sample(k, self.pool), jax.random.key(0)
             )
-            draw = _draw(batch, pool_shape)
+            draw = draw_from_pool(batch, pool_shape)
 
         step = weighted_step(
             tx,
@@ -554,145 +453,6 @@ def _seed_by_seed(run_chunk: Callable) -> Callable:
         return jax.tree.map(lambda *x: jnp.stack(x), *outs)
 
     return run
-
-
-def _draw(batch: Any, pool: Any) -> Callable:
-    """``draw(key, pool) -> (batch, indices)``: a minibatch from a fixed pool.
-
-    ``batch`` and ``pool`` are the shapes of one sample of the batch size and of
-    the pool. Each term draws its batch's number of points from its pool
-    without replacement; ``indices`` are their positions. When every term's pool
-    is its batch (a fixed collocation set), the whole pool is the batch, in
-    order, and ``indices`` is None.
-    """
-    sizes = {t: (pool[t].shape[0], batch[t].shape[0]) for t in batch}
-    if all(n_pool == n for n_pool, n in sizes.values()):
-        return lambda key, pool: (pool, None)
-
-    def draw(key, pool):
-        keys = dict(zip(sizes, jax.random.split(key, len(sizes)), strict=True))
-        indices = {
-            t: jax.random.choice(keys[t], n_pool, (n,), replace=False)
-            for t, (n_pool, n) in sizes.items()
-        }
-        return {t: pool[t][i] for t, i in indices.items()}, indices
-
-    return draw
-
-
-def _point_loss(problem, settings, method, residual_fn) -> Callable:
-    """``point_loss(params, batch, point_state, indices) -> (losses, point_state,
-    point_weights)``: the per-point method's step inside the differentiated
-    function (its term losses, ``k`` times for a term of ``k`` pieces under
-    ``sum_pieces``, as :meth:`Problem.loss_terms`)."""
-    scale = {
-        t: problem.pieces.get(t, 1) if settings.sum_pieces else 1
-        for t in problem.term_names
-    }
-
-    def point_loss(params, batch, point_state, indices):
-        residuals = residual_fn(params, batch)
-        weights, point_state = method.update(residuals, point_state, indices=indices)
-        losses = method.loss(residuals, weights)
-        losses = {t: scale.get(t, 1) * v for t, v in losses.items()}
-        return losses, point_state, weights
-
-    return point_loss
-
-
-def weighted_step(
-    tx: optax.GradientTransformationExtraArgs,
-    loss_fn: Callable,
-    residual_fn: Callable,
-    sample: Callable,
-    *,
-    aggregator: bool = False,
-    point_loss: Callable | None = None,
-    draw: Callable | None = None,
-) -> Callable:
-    """The training step every benchmark times: ``(carry, key) -> (carry, out)``.
-
-    ``carry = (params, opt_state)``, or ``(params, opt_state, extra)`` with
-    ``extra`` a dict that may hold a fixed ``"pool"`` of points (the batch is
-    then ``draw(key, pool) -> (batch, indices)``, see :class:`Trainer`) and a
-    per-point method's ``"point_state"``; otherwise the batch is ``sample(key)``.
-    ``out = (losses, weights)``, the weights applied at the step.
-
-    - Term weighting (the default; ``tx`` from ``with_weighting``): one forward
-      and one backward pass of the weighted sum with the weights in the state;
-      the same forward pass's losses update them, and ``loss_fn(params,
-      batch)``, ``residual_fn(params, points)`` and the points go to
-      ``tx.update`` for the gradient-based methods.
-    - ``aggregator`` (``tx = optax.chain(aggregator, optimizer)``): ``tx.update``
-      gets ``loss_fn=`` and computes the per-term gradients itself (their
-      forward computation shared with the losses' under ``jit``); the weights
-      are the aggregator's ``w`` of this step (none for M-ConFIG).
-    - ``point_loss`` (``tx`` the optimizer): ``point_loss(params, batch,
-      point_state, indices) -> (losses, point_state, point_weights)`` inside the
-      differentiated function; the weights are each term's mean per-point weight.
-    """
-
-    def step(carry, key):
-        params, opt_state, *rest = carry
-        extra = dict(rest[0]) if rest else {}
-        if "pool" in extra:
-            batch, indices = draw(key, extra["pool"])
-        else:
-            batch, indices = sample(key), None
-        if point_loss is not None:
-
-            def total(params):
-                losses, state, point_weights = point_loss(
-                    params, batch, extra["point_state"], indices
-                )
-                return sum(jax.tree.leaves(losses)), (losses, state, point_weights)
-
-            (_, (losses, state, point_weights)), grads = jax.value_and_grad(
-                total, has_aux=True
-            )(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            extra["point_state"] = state
-            weights = {t: jnp.mean(w) for t, w in point_weights.items()}
-        elif aggregator:
-            losses = loss_fn(params, batch)
-            updates, opt_state = tx.update(
-                params, opt_state, params, loss_fn=lambda p: loss_fn(p, batch)
-            )
-            weights = _aggregation_weights(opt_state, losses)
-        else:
-            weights = oil.loss_weights(opt_state)
-
-            def total(params):
-                losses = loss_fn(params, batch)
-                return oil.weighted_sum(losses, weights), losses
-
-            (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-            updates, opt_state = tx.update(
-                grads,
-                opt_state,
-                params,
-                losses=losses,
-                loss_fn=lambda p: loss_fn(p, batch),
-                residual_fn=residual_fn,
-                points=batch,
-            )
-        params = optax.apply_updates(params, updates)
-        carry = (params, opt_state, extra) if rest else (params, opt_state)
-        return carry, (losses, weights)
-
-    return step
-
-
-def _aggregation_weights(opt_state, losses) -> dict:
-    """The aggregator's weights by term, or ``{}`` when its state has none."""
-    try:
-        w = oil.aggregation_weights(opt_state)
-    except ValueError:  # M-ConFIG: an optimizer, no weights
-        return {}
-    leaves = jax.tree.leaves(losses)
-    if w.shape != (len(leaves),):  # built without num_terms
-        return {}
-    return jax.tree.unflatten(jax.tree.structure(losses), list(w))
 
 
 def train(
