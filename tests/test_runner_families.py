@@ -178,3 +178,18 @@ def test_command_line_lists_and_runs_both_families(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| `rba` (fixed pool of 8) |" in table and "mean per-point" in table
     assert (out / "poisson_weights.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_aggregator_seeds_under_vmap_give_the_separate_runs():
+    problem, settings = _tiny("poisson", "adam", batch=8)
+    trainer = Trainer(problem, _build("config", problem), settings, steps=2, chunk=2)
+    together = trainer.run_seeds([0, 2])
+    for seed, got in zip((0, 2), together, strict=True):
+        alone = trainer.run(seed)
+        for term in alone.weights:
+            np.testing.assert_allclose(
+                got.weights[term], alone.weights[term], rtol=1e-4
+            )
+        moved, ref = (ravel_pytree(r.params)[0] for r in (got, alone))
+        np.testing.assert_allclose(moved, ref, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(together[0].weights["pde"], together[1].weights["pde"])
