@@ -3,9 +3,20 @@
 A spec is a public factory of :mod:`optax_invloss` with its arguments, written as a
 Python call: ``inverse_loss``, ``inverse_loss(min_weight=0.0)``,
 ``lr_annealing(update_every=10)``, ``softadapt(beta=0.1)``. ``equal`` is the plain
-sum (weight 1 on every term). Any name in ``optax_invloss.__all__`` whose factory
-returns a ``WeightingMethod`` can be used, so methods added to the library are
-available here without a change.
+sum (weight 1 on every term). Three families can be named, so methods added to the
+library are available here without a change:
+
+- term weightings: any name in ``optax_invloss.__all__`` whose factory returns a
+  ``WeightingMethod`` (:func:`factories`);
+- gradient aggregators: a factory that returns an Optax transformation and takes
+  ``num_terms`` (``config``, ``pcgrad(order=random)``, ``upgrad``, ``m_config``,
+  ...; :func:`aggregator_factories`). The spec builds an :class:`Aggregator`:
+  the runner computes the per-term gradients, the aggregator combines them and
+  the preset's optimizer follows (plain SGD with the preset's learning-rate
+  schedule after ``m_config``, whose authors advise against Adam after it);
+- per-point weightings: a factory that returns a ``PointWeightingMethod``
+  (``rba``, ``self_adaptive``; :func:`point_factories`). They train on a fixed
+  pool of collocation points (see ``benchmarks/train.py``).
 
 Specs are parsed with :mod:`ast` and never evaluated: argument values may be
 numbers (with ``+ - * / **``), strings, ``True``/``False``/``None``, tuples, lists
@@ -24,7 +35,10 @@ Arguments a method needs from the problem are filled in when the spec does not g
 them: a ``reference`` term gets the problem's residual term (its first term,
 ``"pde"``), and a required ``weights`` dict gets 1 for every term (or the problem's
 hand-tuned weights in :data:`HAND_TUNED`); a ``weights`` dict that names only some
-terms gets 1 for the others.
+terms gets 1 for the others. An aggregator's ``num_terms`` is the problem's
+number of terms (so that its weights are kept in the state and shown), and
+``self_adaptive``'s ``init_scale`` is ``{"ic": 100.0}`` (1 for the other terms)
+on a problem with an ``"ic"`` term, McClenny and Braga-Neto's initialisation.
 """
 
 from __future__ import annotations
@@ -35,6 +49,8 @@ import inspect
 import operator
 from collections.abc import Callable
 from typing import Any
+
+import optax
 
 import optax_invloss as oil
 from benchmarks.problems import Problem
@@ -57,6 +73,41 @@ _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
 @dataclasses.dataclass(frozen=True)
+class Aggregator:
+    """A gradient aggregator as the runner uses it (what an aggregator spec builds).
+
+    Attributes:
+      transform: the library's Optax transformation (``optax_invloss.config(...)``);
+        its ``update`` gets ``loss_fn=`` and computes the per-term gradients
+        itself, on refresh steps only.
+      name: the factory's name.
+      update_every: the spec's ``update_every`` (1 unless given).
+      plain_sgd: follow it by plain SGD at the preset's learning-rate schedule
+        instead of the preset's optimizer (``m_config``, an optimizer with its own
+        Adam-like scaling).
+    """
+
+    transform: optax.GradientTransformationExtraArgs
+    name: str
+    update_every: int = 1
+    plain_sgd: bool = False
+
+    @property
+    def vmappable(self) -> bool:
+        """Whether its seeds can run under ``jax.vmap`` without extra work.
+
+        A refresh every K > 1 steps is a ``lax.cond`` and M-ConFIG's one term per
+        step a ``lax.switch``; under ``vmap`` both become selects that run every
+        branch. Those run seed by seed.
+        """
+        return self.update_every == 1 and self.name != "m_config"
+
+
+#: Aggregators followed by plain SGD rather than the preset's optimizer.
+PLAIN_SGD = frozenset({"m_config"})
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodSpec:
     """A parsed method spec.
 
@@ -75,18 +126,38 @@ class MethodSpec:
     kwargs: tuple[tuple[str, Any], ...] = ()
     lbfgs: tuple[tuple[str, Any], ...] | None = None
 
-    def build(self, problem: Problem) -> oil.WeightingMethod | None:
-        """The weighting method for ``problem`` (None for ``equal``)."""
+    def build(
+        self, problem: Problem
+    ) -> oil.WeightingMethod | Aggregator | oil.PointWeightingMethod | None:
+        """The method for ``problem`` (None for ``equal``).
+
+        A term weighting or per-point method as the library builds it; an
+        aggregator wrapped in an :class:`Aggregator`.
+        """
         if self.name == EQUAL:
             return None
-        factory = factories()[self.name]
+        factory = all_factories()[self.name]
         kwargs = problem_defaults(self, problem)
         try:
-            return factory(*self.args, **kwargs)
+            built = factory(*self.args, **kwargs)
         except (TypeError, ValueError) as error:
             raise ValueError(
                 f"method {self.text!r} on {problem.name}: {error}"
             ) from None
+        if self.name in aggregator_factories():
+            bound = inspect.signature(factory).bind(*self.args, **kwargs)
+            return Aggregator(
+                built,
+                self.name,
+                update_every=int(bound.arguments.get("update_every", 1)),
+                plain_sgd=self.name in PLAIN_SGD,
+            )
+        return built
+
+    @property
+    def family(self) -> str:
+        """``"weighting"`` (``equal`` too), ``"aggregator"`` or ``"point"``."""
+        return family(self.name)
 
 
 def _is_weighting_method(annotation: Any) -> bool:
@@ -119,6 +190,53 @@ def factories() -> dict[str, Callable[..., oil.WeightingMethod]]:
     return found
 
 
+def _returns(obj: Any, name: str) -> bool:
+    annotation = inspect.signature(obj).return_annotation
+    if not isinstance(annotation, str):
+        annotation = getattr(annotation, "__name__", "")
+    return annotation.split(".")[-1] == name
+
+
+def aggregator_factories() -> dict[str, Callable[..., Any]]:
+    """The public aggregator factories: they return an Optax transformation and
+    take ``num_terms`` (wrappers of an optimizer, such as ``with_weighting``, do
+    not)."""
+    found = {}
+    for name in oil.__all__:
+        obj = getattr(oil, name)
+        if (
+            inspect.isfunction(obj)
+            and _returns(obj, "GradientTransformationExtraArgs")
+            and "num_terms" in inspect.signature(obj).parameters
+        ):
+            found[name] = obj
+    return found
+
+
+def point_factories() -> dict[str, Callable[..., oil.PointWeightingMethod]]:
+    """The public factories that return a ``PointWeightingMethod``."""
+    found = {}
+    for name in oil.__all__:
+        obj = getattr(oil, name)
+        if inspect.isfunction(obj) and _returns(obj, "PointWeightingMethod"):
+            found[name] = obj
+    return found
+
+
+def all_factories() -> dict[str, Callable[..., Any]]:
+    """Every factory a spec can name: term weightings, aggregators, per-point."""
+    return factories() | aggregator_factories() | point_factories()
+
+
+def family(name: str) -> str:
+    """The family of a spec's name: ``"weighting"``, ``"aggregator"`` or ``"point"``."""
+    if name in aggregator_factories():
+        return "aggregator"
+    if name in point_factories():
+        return "point"
+    return "weighting"
+
+
 #: Keyword inputs of ``update`` that make a method gradient-based: it takes the
 #: parameters, or functions of them, and costs passes through the network.
 GRADIENT_INPUTS = frozenset({"params", "loss_fn", "residual_fn"})
@@ -137,7 +255,7 @@ def needs_gradients(method: oil.WeightingMethod) -> bool:
 
 def available() -> list[str]:
     """Every name a spec can start with."""
-    return sorted([EQUAL, *factories()])
+    return sorted([EQUAL, *all_factories()])
 
 
 def _value(node: ast.AST, spec: str) -> Any:
@@ -248,7 +366,7 @@ def _spec(node: ast.AST, spec: str) -> MethodSpec:
         lbfgs = _lbfgs(node.right, spec)
         node = node.left
     name, args, kwargs = _call_parts(node, spec)
-    names = factories()
+    names = all_factories()
     if name != EQUAL and name not in names:
         raise ValueError(
             f"unknown method {name!r} in {spec!r}; available: {', '.join(available())}"
@@ -324,10 +442,15 @@ def parse_methods(text: str) -> list[MethodSpec]:
 def problem_defaults(spec: MethodSpec, problem: Problem) -> dict[str, Any]:
     """The spec's keyword arguments, completed with what the problem implies."""
     kwargs = dict(spec.kwargs)
-    parameters = inspect.signature(factories()[spec.name]).parameters
-    bound = inspect.signature(factories()[spec.name]).bind_partial(*spec.args)
+    parameters = inspect.signature(all_factories()[spec.name]).parameters
+    bound = inspect.signature(all_factories()[spec.name]).bind_partial(*spec.args)
     given = set(kwargs) | set(bound.arguments)
     terms = problem.term_names
+    if spec.family == "aggregator" and "num_terms" not in given:
+        kwargs["num_terms"] = len(terms)
+    if spec.name == "self_adaptive" and not {"init_scale", "terms"} & given:
+        if "ic" in terms:
+            kwargs["init_scale"] = {"ic": 100.0}
     if "reference" in parameters and "reference" not in given:
         kwargs["reference"] = terms[0]
     if "weights" in parameters:

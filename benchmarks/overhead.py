@@ -21,6 +21,14 @@ not one gradient per term: their reference is those rows computed directly
 (``jax.vmap`` over each term's points of ``jax.grad`` of its residual); they get
 ``residual_fn(params, points)`` and ``points``, as the README teaches.
 
+Gradient aggregators (``config``, ``upgrad``, ``pcgrad``, ... with ``num_terms``
+the problem's) are gradient-based rows too: the runner's step, ``optax.chain`` of
+the aggregator and the optimizer, its ``update`` given ``loss_fn=`` (one
+``jax.grad`` per term and the Gram-matrix solve on refresh steps, one gradient of
+the weighted sum with the stored weights in between); their K = 1 reference is
+one ``jax.grad`` per term. ``--methods config upgrad pcgrad --name
+overhead_aggregators`` measures them alone.
+
 Targets (medians, side by side): loss-value methods ratio <= 1.03 on the small size
 and <= 1.01 on the large one; gradient-based ratio <= 1 + (c - 1) / K + 0.02 (so
 <= 1.02 on a step with no update), and ``c <= 1.25 * r_jacrev``. A row that misses
@@ -56,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import pathlib
 import time
@@ -111,6 +120,11 @@ LOSS_VALUE_METHODS = (
     "dwa",
 )
 GRADIENT_METHODS = ("lr_annealing", "grad_norm_balance", "ntk_weights", "gradnorm")
+#: Gradient aggregators first in their group; the others with ``update_every``
+#: follow. They are gradient-based rows (K = 1: a refresh every step, judged
+#: against one ``jax.grad`` per term; K > 1: one gradient of the weighted sum
+#: between refreshes), chained in front of the optimizer as the runner does.
+AGGREGATOR_METHODS = ("config", "upgrad", "pcgrad")
 EVERY = (1, 10, 100, 1000)
 PROBLEMS = ("helmholtz", "helmholtz5")
 
@@ -170,14 +184,23 @@ SETTINGS = {"static_weights": "weights 1, linear warm-up schedule on every term"
 
 def build(
     name: str, example: Any, update_every: int | None = None
-) -> oil.WeightingMethod:
+) -> oil.WeightingMethod | methods.Aggregator:
     """``optax_invloss.<name>`` with its defaults (and ``update_every`` if given).
 
-    ``example`` (the losses' structure) is for methods that need it to be built.
+    ``example`` (the losses' structure) is for methods that need it to be built;
+    an aggregator gets ``num_terms`` from it and is wrapped as the runner wraps it.
     """
     if name in _BUILDERS:
         return _BUILDERS[name](example)
     kwargs = {} if update_every is None else {"update_every": update_every}
+    aggregators = methods.aggregator_factories()
+    if name in aggregators:
+        num_terms = len(jax.tree.leaves(example))
+        return methods.Aggregator(
+            aggregators[name](num_terms=num_terms, **kwargs),
+            name,
+            update_every=update_every or 1,
+        )
     return methods.factories()[name](**kwargs)
 
 
@@ -187,6 +210,10 @@ def available_methods() -> tuple[list[str], list[str], list[str]]:
     Every public factory (:func:`benchmarks.methods.factories`) is benchmarked,
     those named in this module first, so that a new method is benchmarked, or at
     least reported: one that cannot be built without arguments is "missing".
+    The gradient aggregators with ``update_every``
+    (:func:`benchmarks.methods.aggregator_factories`) come last among the
+    gradient-based methods; M-ConFIG, one term's gradient per step with no
+    ``update_every``, is reported as missing.
     """
     found = methods.factories()
     named = LOSS_VALUE_METHODS + GRADIENT_METHODS
@@ -199,6 +226,13 @@ def available_methods() -> tuple[list[str], list[str], list[str]]:
             missing.append(f"{name} (needs arguments)")
             continue
         (gradient if methods.needs_gradients(method) else loss_value).append(name)
+    aggregators = methods.aggregator_factories()
+    ordered = [n for n in AGGREGATOR_METHODS if n in aggregators]
+    for name in ordered + sorted(set(aggregators) - set(ordered)):
+        if "update_every" in inspect.signature(aggregators[name]).parameters:
+            gradient.append(name)
+        else:
+            missing.append(f"{name} (no update_every: not measured)")
     return loss_value, gradient, missing
 
 

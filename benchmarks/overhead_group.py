@@ -100,9 +100,16 @@ def no_update_start(carry: Any, step: int) -> Any:
     """``carry`` with the weighting state's counter set to ``step``.
 
     Every weighting state counts its updates in ``weighting_step``; a chunk that
-    starts at ``step = 1`` has no update due before step ``update_every``.
+    starts at ``step = 1`` has no update due before step ``update_every``. An
+    aggregator chained in front of the optimizer counts them in
+    ``aggregation_step`` (the chain's first state).
     """
     params, opt_state = carry
+    if not hasattr(opt_state, "weighting_state"):  # optax.chain(aggregator, ...)
+        first, *others = opt_state
+        counter = jnp.asarray(step, first.aggregation_step.dtype)
+        first = first._replace(aggregation_step=counter)
+        return params, type(opt_state)((first, *others))
     weighting = opt_state.weighting_state
     counter = jnp.asarray(step, weighting.weighting_step.dtype)
     weighting = weighting._replace(weighting_step=counter)

@@ -16,8 +16,16 @@ JACREV = "jacrev (per-term grads)"
 PER_TERM = "grad of each term (loop)"
 PER_POINT = "per-point Jacobian (vmap of grad)"
 # Gradient-based methods whose K = 1 cost is judged against another reference
-# than JACREV: NTK weights need one Jacobian row per point, not one per term.
-REFERENCES = {"ntk_weights": PER_POINT}
+# than JACREV: NTK weights need one Jacobian row per point, not one per term;
+# the gradient aggregators take one jax.grad per term (the library's
+# term_gradients), so the loop of per-term grads is theirs.
+REFERENCES = {"ntk_weights": PER_POINT} | {
+    name: PER_TERM
+    for name in (
+        "config", "upgrad", "pcgrad", "dualproj", "imtl_g", "mgda", "cagrad",
+        "nash_mtl",
+    )
+}  # fmt: skip
 
 #: Fields a row always writes to the JSON, None or not; the others are written
 #: only when set (a row that did not run has no timing fields).

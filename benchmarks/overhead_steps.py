@@ -1,7 +1,8 @@
 """The training steps the overhead benchmark times against each other.
 
 The plain step (the plain sum of the losses and the bare optimizer), the step of
-``benchmarks/train.py`` with a weighting method (:func:`method_step`), and the
+``benchmarks/train.py`` with a weighting method or a gradient aggregator
+(:func:`method_step`), and the
 reference steps that compute per-term gradients or per-point Jacobian rows
 directly on top of the plain step (the cost a gradient-based method is judged
 against). Each is ``(step, carry)`` for ``lax.scan``: ``step(carry, key)``.
@@ -19,6 +20,7 @@ import optax
 from flax import nnx
 
 import optax_invloss as oil
+from benchmarks.methods import Aggregator
 from benchmarks.problems import MLP, get_problem
 from benchmarks.train import weighted_step
 
@@ -83,8 +85,17 @@ def plain_step(task: Task) -> tuple[Callable, Any]:
     return step, (task.params, task.optimizer.init(task.params))
 
 
-def method_step(task: Task, method: oil.WeightingMethod) -> tuple[Callable, Any]:
-    """The training step of ``benchmarks/train.py`` with ``method``."""
+def method_step(
+    task: Task, method: oil.WeightingMethod | Aggregator
+) -> tuple[Callable, Any]:
+    """The training step of ``benchmarks/train.py`` with ``method``: a term
+    weighting, or a gradient aggregator chained in front of the optimizer."""
+    if isinstance(method, Aggregator):
+        tx = optax.chain(method.transform, task.optimizer)
+        step = weighted_step(
+            tx, task.loss_fn, task.residual_fn, task.sample, aggregator=True
+        )
+        return step, (task.params, tx.init(task.params))
     example = jax.eval_shape(task.loss_fn, task.params, task.sample(jax.random.key(0)))
     tx = oil.with_weighting(task.optimizer, method, losses=example)
     step = weighted_step(tx, task.loss_fn, task.residual_fn, task.sample)

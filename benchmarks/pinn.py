@@ -15,9 +15,16 @@ Run from the repository root::
   python -m benchmarks.pinn --list                    # problems and methods
   python -m benchmarks.pinn --methods 'equal,inverse_loss+lbfgs(policy=frozen)' \
       --lbfgs-steps 500                               # Adam, then L-BFGS
+  python -m benchmarks.pinn --problem burgers \
+      --methods 'equal,config,upgrad,pcgrad(order=random),m_config'  # aggregators
+  python -m benchmarks.pinn --problem allen_cahn \
+      --methods 'equal,rba,self_adaptive' --pool 1024  # per-point, a fixed pool
 
 Methods are named as in ``optax_invloss`` with their arguments (quote them in the
-shell): see :mod:`benchmarks.methods`.
+shell): term weightings, gradient aggregators and per-point weightings, see
+:mod:`benchmarks.methods`. Per-point methods train on a fixed pool of points
+drawn once per seed (``--pool``, default the batch size: a fixed collocation
+set); ``--pool`` puts every method of the run on such a pool.
 """
 
 from __future__ import annotations
@@ -128,6 +135,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", default=None, help="hidden widths, e.g. 50,50,50")
     p.add_argument("--batch", type=int, default=None, help="points per piece")
     p.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="train every method on a fixed pool of this many points per piece, "
+        "drawn once per seed, each step taking --batch of them (default: points "
+        "resampled every step; per-point methods always use a pool, by default "
+        "of the batch size, i.e. a fixed collocation set)",
+    )
+    p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (logs only)"
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -197,6 +213,7 @@ def run_problem(problem, method_specs, args, log) -> tuple[list[dict], dict]:
             chunk=chunk,
             lbfgs_steps=lbfgs_steps,
             lbfgs=lbfgs,
+            pool=args.pool,
         )
         bar = tqdm(
             total=trainer.n_chunks * trainer.chunk + trainer.lbfgs_steps * args.seeds,
@@ -315,6 +332,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.list:
         print("problems:", ", ".join(PROBLEMS))
         print("methods:", ", ".join(specs.available()))
+        names = lambda found: ", ".join(sorted(found))
+        print("  term weightings:", names([specs.EQUAL, *specs.factories()]))
+        print("  gradient aggregators:", names(specs.aggregator_factories()))
+        print("  per-point weightings:", names(specs.point_factories()))
         return {}
     if args.render:
         return render(pathlib.Path(args.render))
@@ -334,6 +355,17 @@ def main(argv: list[str] | None = None) -> dict:
                         "--lbfgs-steps: this version of optax_invloss has no "
                         "L-BFGS weighting policies (optax_invloss.run_lbfgs)"
                     )
+                if _lbfgs_phase(spec, args)[0] and spec.family != "weighting":
+                    raise ValueError(
+                        f"method {spec.text!r}: the runner's L-BFGS phase follows "
+                        "term weightings only (run aggregators and per-point "
+                        "methods without --lbfgs-steps)"
+                    )
+            if args.pool is not None and args.pool < _settings(problem, args).batch:
+                raise ValueError(
+                    f"--pool {args.pool} is smaller than the batch "
+                    f"({_settings(problem, args).batch} points per piece)"
+                )
     except ValueError as error:
         parser().error(str(error))
     name = args.problem if len(problems) == 1 else "all"

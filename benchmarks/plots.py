@@ -79,17 +79,25 @@ def weights_plot(
         layout="constrained",
     )
     for ax, (method, mine) in zip(axes.flat, grouped.items(), strict=False):
+        signed = False
         for term in mine[0]["weight_history"]["weights"]:
             steps = np.asarray(mine[0]["weight_history"]["steps"])
             values = np.stack([r["weight_history"]["weights"][term] for r in mine])
             (line,) = ax.plot(steps, np.median(values, axis=0), label=term)
             if len(mine) > 1:  # each seed, faint
                 ax.plot(steps, values.T, color=line.get_color(), alpha=0.2, lw=0.7)
-        ax.set_yscale("log")
+            signed = signed or bool(np.any(values <= 0))
+        if signed:  # aggregator weights may be zero or negative
+            ax.set_yscale("symlog", linthresh=1e-3)
+        else:
+            ax.set_yscale("log")
+        if not mine[0]["weight_history"]["weights"]:
+            ax.text(0.5, 0.5, "no weights", ha="center", transform=ax.transAxes)
         ax.set_title(method, fontsize="small")
         ax.set_xlabel("step")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="x-small")
+        if mine[0]["weight_history"]["weights"]:
+            ax.legend(fontsize="x-small")
     for ax in list(axes.flat)[len(grouped) :]:
         ax.set_visible(False)
     fig.suptitle(f"{problem}: loss weights (median over seeds; each seed faint)")

@@ -29,6 +29,8 @@ CSV_FIELDS = (
     "final_rel_l2",
     "best_rel_l2",
     "final_weights",
+    "kind",
+    "pool",
     "skipped_updates",
     "lbfgs_steps",
     "lbfgs_seconds",
@@ -39,11 +41,14 @@ CSV_FIELDS = (
 def record(
     result: RunResult, *, problem: str, preset: str, method: str, seed: int
 ) -> dict:
-    """One run as a JSON-ready dict, with its error and weight histories."""
-    n = len(next(iter(result.weights.values())))
+    """One run as a JSON-ready dict, with its error and weight histories.
+
+    A method without weights (M-ConFIG) has empty weight histories.
+    """
+    n = len(next(iter(result.weights.values()))) if result.weights else 0
     every = max(1, -(-n // MAX_WEIGHT_POINTS))
     index = np.arange(every - 1, n, every)
-    if index[-1] != n - 1:
+    if n and index[-1] != n - 1:
         index = np.append(index, n - 1)
     steps = int(result.steps[-1])
     return dict(
@@ -65,6 +70,8 @@ def record(
         lbfgs_seconds=result.lbfgs_seconds,
         lbfgs_linesearch_failures=result.lbfgs_linesearch_failures,
         batch_seeds=result.batch_seeds,
+        kind=result.kind,
+        pool=result.pool,
         error_history=dict(
             steps=result.steps.tolist(), rel_l2=[float(e) for e in result.errors]
         ),
@@ -132,6 +139,7 @@ def summary(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> list[
                 ),
                 # A real weight vector: that of the median seed.
                 weights=median_run(mine)["final_weights"],
+                pool=mine[0].get("pool"),
             )
         )
     return rows
@@ -157,7 +165,10 @@ def table(runs: Sequence[dict], problem: str, methods: Sequence[str]) -> str:
         cpu = row["cpu_seconds_per_step"] / base["cpu_seconds_per_step"]
         cpu = "n/a" if np.isnan(cpu) else f"{cpu:.2f}"  # older records: wall only
         weights = ", ".join(f"{t} {w:.3g}" for t, w in row["weights"].items())
+        weights = weights or "-"
         lbfgs = f" + {row['lbfgs_steps']} L-BFGS" if row["lbfgs_steps"] else ""
+        if row.get("pool"):
+            lbfgs += f" (fixed pool of {row['pool']})"
         lines.append(
             f"| `{row['method']}`{lbfgs} | {_spread(row['final'])} "
             f"| {_spread(row['best'])} "
@@ -187,6 +198,25 @@ def document(runs: Sequence[dict], meta: dict) -> str:
     problems = dict.fromkeys(r["problem"] for r in runs)
     tables = [table(runs, p, meta["methods"]) for p in problems]
     header = HEADER
+    kinds = {r.get("kind", "weighting") for r in runs}
+    if "aggregator" in kinds:
+        header += (
+            " For a gradient aggregator the weights are the w of its update "
+            "J^T w = sum_i w_i g_i at the last step (none for `m_config`, an "
+            "optimizer of per-term momenta)."
+        )
+    if "point" in kinds:
+        header += (
+            " For a per-point method they are each term's mean per-point weight "
+            "(1 for a term it does not weight)."
+        )
+    if any(r.get("pool") for r in runs):
+        header += (
+            " A method marked 'fixed pool of P' trained on P points per piece drawn "
+            "once per seed (all of them every step when P is the batch size, a "
+            "random batch of them otherwise), the others on points resampled "
+            "every step."
+        )
     if any(r.get("batch_seeds", 1) > 1 for r in runs):
         header += (
             " The seeds of a method were trained together in one compiled program "

@@ -1,14 +1,25 @@
-"""Train one PINN with one weighting method: the loop every benchmark shares.
+"""Train one PINN with one method: the loop every benchmark shares.
 
-The training step is the one the README teaches: one forward and one backward pass
-per step; the weights applied at a step are those already in the optimizer state
-(``optax_invloss.loss_weights(opt_state)``), and the losses of this step update them
-through :func:`optax_invloss.with_weighting`. Steps run jitted in chunks under
-``lax.scan``; the error on the evaluation grid is measured between chunks, outside
-the timed region.
+The training step is :func:`benchmarks.step.weighted_step`, the one the docs teach
+for each family: a term weighting (one forward and one backward pass, the weights
+in the optimizer state), a gradient aggregator (a
+:class:`benchmarks.methods.Aggregator` chained in front of the optimizer, the
+per-term gradients computed by its ``update`` from ``loss_fn=``) or a per-point
+weighting (``rba``, ``self_adaptive``; updated inside the differentiated function).
 
-:class:`Trainer` compiles the chunk once for a (problem, method, settings) and runs
-it for any number of seeds; :func:`train` is the one-run shortcut.
+Per-point weights belong to points, so those runs train on a fixed *pool* of
+collocation points, drawn once per seed (``problem.sample`` with ``pool`` points
+per piece): when the pool is the batch size, every step uses the whole pool (a
+fixed collocation set, as the RBA and SA-PINN papers train); when it is larger,
+each step draws ``batch`` points of each term from it without replacement and
+passes their positions as ``indices`` (the library's index-addressed mode). Any
+method can be trained on a pool (``pool=``); without one, the points are
+resampled every step.
+
+Steps run jitted in chunks under ``lax.scan``; the error on the evaluation grid is
+measured between chunks, outside the timed region. :class:`Trainer` compiles the
+chunk once for a (problem, method, settings) and runs it for any number of seeds;
+:func:`train` is the one-run shortcut.
 """
 
 from __future__ import annotations
@@ -27,89 +38,10 @@ from flax import nnx
 import optax_invloss as oil
 from benchmarks import methods as specs
 from benchmarks.problems import Preset, Problem, relative_l2
+from benchmarks.run_result import RunResult
+from benchmarks.step import draw_from_pool, point_loss_fn, weighted_step
 
-
-@dataclasses.dataclass
-class RunResult:
-    """What one training run produced.
-
-    Attributes:
-      steps: the step counts at which ``errors`` were measured (after the step).
-      errors: relative L2 error on the evaluation grid at those steps.
-      losses: per-term loss, ``{term: (steps_total,)}``, every step.
-      weights: per-term weight applied at each step, ``{term: (steps_total,)}``.
-      train_seconds: wall time of the jitted training chunks only (compilation
-        excluded: the chunk is compiled ahead of time, see ``compile_seconds``).
-      compile_seconds: wall time of compiling the chunk; 0 for every run of a
-        :class:`Trainer` after its first.
-      params: the final parameters (an ``nnx.State``).
-      graphdef: the network's ``nnx.GraphDef``; ``nnx.merge(graphdef, params)``
-        rebuilds the trained model.
-      skipped_updates: updates the weighting refused (NaN/Inf/negative losses).
-      adam_steps: steps of the first-order phase (``steps[-1]`` when no L-BFGS
-        phase follows).
-      chunk_seconds: wall time of each chunk of the first-order phase.
-      chunk_cpu_seconds: CPU time of the process (all threads) during each
-        chunk; steadier than wall time on a shared machine.
-      lbfgs_seconds: wall time of the L-BFGS phase (its compilation included on
-        a :class:`Trainer`'s first run); 0 without one.
-      lbfgs_weights: the weights at the end of the L-BFGS phase, or None.
-      lbfgs_linesearch_failures: L-BFGS iterations whose line search found no
-        step of sufficient decrease.
-      batch_seeds: seeds trained together in the run's compiled program; its
-        times are the batch's divided by this.
-    """
-
-    steps: np.ndarray
-    errors: np.ndarray
-    losses: dict
-    weights: dict
-    train_seconds: float
-    compile_seconds: float
-    params: object
-    graphdef: object
-    skipped_updates: int
-    adam_steps: int = 0
-    chunk_seconds: tuple[float, ...] = ()
-    chunk_cpu_seconds: tuple[float, ...] = ()
-    lbfgs_seconds: float = 0.0
-    lbfgs_weights: dict | None = None
-    lbfgs_linesearch_failures: int = 0
-    batch_seeds: int = 1
-
-    @property
-    def final_error(self) -> float:
-        return float(self.errors[-1])
-
-    @property
-    def best_error(self) -> float:
-        return float(np.min(self.errors))
-
-    @property
-    def seconds_per_step(self) -> float:
-        """Time per first-order step, without the first chunk when there are more.
-
-        The first call of a compiled chunk carries a one-off cost (a fraction of
-        a second on a CPU) that would dominate short runs; periodic work (an
-        update every K steps) is still counted as long as the run spans it.
-        """
-        return self._per_step(self.chunk_seconds)
-
-    @property
-    def cpu_seconds_per_step(self) -> float:
-        """Like ``seconds_per_step``, in CPU time of all the process's threads."""
-        return self._per_step(self.chunk_cpu_seconds)
-
-    def _per_step(self, times) -> float:
-        if len(times) < 2:
-            return sum(times) / max(self.adam_steps, 1)
-        return sum(times[1:]) / (self.adam_steps * (1 - 1 / len(times)))
-
-    @property
-    def final_weights(self) -> dict:
-        if self.lbfgs_weights is not None:
-            return dict(self.lbfgs_weights)
-        return {k: float(v[-1]) for k, v in self.weights.items()}
+__all__ = ["LBFGS_BATCH_KEY", "RunResult", "Trainer", "train", "weighted_step"]
 
 
 def _equal_weights() -> oil.WeightingMethod:
@@ -127,6 +59,19 @@ def _equal_weights() -> oil.WeightingMethod:
     return oil.WeightingMethod(init, update)
 
 
+#: Offset of the seed in the key of its fixed pool of collocation points.
+POOL_KEY_OFFSET = 2_000_003
+
+
+def method_kind(method: Any) -> str:
+    """``"weighting"`` (None too), ``"aggregator"`` or ``"point"``."""
+    if isinstance(method, specs.Aggregator):
+        return "aggregator"
+    if isinstance(method, oil.PointWeightingMethod):
+        return "point"
+    return "weighting"
+
+
 #: Key of the fixed batch every L-BFGS phase runs on (the same for every seed, so
 #: that the compiled phase is shared; the seeds differ by initialisation and by
 #: the Adam phase's samples).
@@ -138,7 +83,9 @@ class Trainer:
 
     Args:
       problem: a benchmark problem.
-      method: a weighting method of the library, or None for the plain sum.
+      method: a weighting method of the library, or None for the plain sum; a
+        :class:`benchmarks.methods.Aggregator`; or a per-point method
+        (``optax_invloss.PointWeightingMethod``).
       settings: network, batch, steps and optimizer (a problem's preset,
         possibly edited with ``dataclasses.replace``).
       steps: number of steps (default: the settings'); rounded up to whole chunks.
@@ -150,6 +97,11 @@ class Trainer:
       lbfgs: keyword arguments of ``run_lbfgs`` for that phase: ``policy``
         (``"frozen"`` by default), ``refresh_every``, ``eps``. The weighting
         method and, for ``"refreshed"``, ``residual_fn`` are passed along.
+        Term weightings only.
+      pool: train on a fixed pool of this many points per piece, drawn once
+        per seed (at least ``settings.batch``); None resamples every step,
+        except for a per-point method, whose default pool is ``settings.batch``
+        points (a fixed collocation set).
     """
 
     def __init__(
@@ -163,6 +115,7 @@ class Trainer:
         optimizer: optax.GradientTransformation | None = None,
         lbfgs_steps: int = 0,
         lbfgs: Mapping[str, Any] | None = None,
+        pool: int | None = None,
     ):
         self.problem = problem
         self.settings = settings
@@ -177,6 +130,21 @@ class Trainer:
                 "version of optax_invloss has no L-BFGS weighting policies "
                 "(optax_invloss.run_lbfgs)"
             )
+        self.kind = method_kind(method)
+        if lbfgs_steps and self.kind != "weighting":
+            raise ValueError(
+                f"lbfgs_steps = {lbfgs_steps}: the runner's L-BFGS phase follows a "
+                f"term weighting only, not a{'n' if self.kind[0] == 'a' else ''} "
+                f"{'aggregator' if self.kind == 'aggregator' else 'per-point method'}"
+            )
+        if pool is None and self.kind == "point":
+            pool = settings.batch
+        if pool is not None and (isinstance(pool, bool) or int(pool) < settings.batch):
+            raise ValueError(
+                f"pool must be at least the batch size {settings.batch} (points per "
+                f"piece), got pool = {pool!r}"
+            )
+        self.pool = None if pool is None else int(pool)
         self.chunk = max(1, min(int(chunk), self.steps))
         self.n_chunks = -(-self.steps // self.chunk)
         self.method = _equal_weights() if method is None else method
@@ -213,26 +181,55 @@ class Trainer:
             lambda k: problem.sample(k, settings.batch), jax.random.key(0)
         )
         example = jax.eval_shape(loss_fn, params, batch)
-        self.tx = tx = oil.with_weighting(
-            optimizer if optimizer is not None else settings.make_optimizer(),
-            self.method,
-            losses=example,
-        )
+        if optimizer is None:
+            optimizer = settings.make_optimizer()
+            if self.kind == "aggregator" and self.method.plain_sgd:
+                optimizer = optax.sgd(settings.schedule())
+        if self.kind == "weighting":
+            tx = oil.with_weighting(optimizer, self.method, losses=example)
+        elif self.kind == "aggregator":
+            tx = optax.chain(self.method.transform, optimizer)
+        else:
+            tx = optimizer
+        self.tx = tx
+        point_loss = None
+        if self.kind == "point":
+            point_loss = point_loss_fn(problem, settings, self.method, residual_fn)
+        draw = None
+        if self.pool is not None:
+            pool_shape = jax.eval_shape(
+                lambda k: problem.sample(k, self.pool), jax.random.key(0)
+            )
+            draw = draw_from_pool(batch, pool_shape)
 
         step = weighted_step(
-            tx, loss_fn, residual_fn, lambda key: problem.sample(key, settings.batch)
+            tx,
+            loss_fn,
+            residual_fn,
+            lambda key: problem.sample(key, settings.batch),
+            aggregator=self.kind == "aggregator",
+            point_loss=point_loss,
+            draw=draw,
         )
 
-        def run_chunk(params, opt_state, keys):
-            return jax.lax.scan(step, (params, opt_state), keys)
+        def run_chunk(params, opt_state, extra, keys):
+            return jax.lax.scan(step, (params, opt_state, extra), keys)
 
         # Every seed of a run in one program (each with its own parameters,
         # optimizer and weighting state, and keys): the chunk vmapped over seeds,
         # or, for a gradient-based method, the seeds one after the other in the
         # program. Under vmap a method's lax.cond on "an update is due" becomes a
         # select (its predicate depends on the per-seed state), which would run
-        # the per-term gradients on every step, due or not.
-        self.vmapped = not specs.needs_gradients(self.method)
+        # the per-term gradients on every step, due or not. Aggregators: vmapped
+        # with a refresh every step (no conditional); seed by seed with
+        # update_every > 1 and for M-ConFIG (a lax.switch over the terms).
+        # Per-point methods: vmapped.
+        if self.kind == "weighting":
+            self.vmapped = not specs.needs_gradients(self.method)
+        elif self.kind == "aggregator":
+            self.vmapped = self.method.vmappable
+        else:
+            self.vmapped = True
         self._batched_chunk = jax.jit(
             jax.vmap(run_chunk) if self.vmapped else _seed_by_seed(run_chunk)
         )
@@ -255,18 +252,49 @@ class Trainer:
             lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype), tree
         )
         params = batched(self._params_example)
-        opt_state = batched(jax.eval_shape(self.tx.init, self._params_example))
+        opt_state, extra = batched(
+            jax.eval_shape(self._init, self._params_example, jax.random.key(0))
+        )
         keys = jax.eval_shape(
             lambda: jax.random.split(jax.random.key(0), (n, self.chunk))
         )
         start = time.perf_counter()
-        self._compiled[n] = self._batched_chunk.lower(params, opt_state, keys).compile()
+        lowered = self._batched_chunk.lower(params, opt_state, extra, keys)
+        self._compiled[n] = lowered.compile()
         return time.perf_counter() - start
+
+    def _init(self, params, pool_key) -> tuple[Any, dict]:
+        """One seed's ``(opt_state, extra)``: ``extra`` holds its fixed pool of
+        points (``"pool"``) and a per-point method's state (``"point_state"``)."""
+        extra = {}
+        if self.pool is not None:
+            extra["pool"] = self.problem.sample(pool_key, self.pool)
+        if self.kind == "point":
+            residuals = jax.eval_shape(
+                lambda p, x: self.problem.residuals(nnx.merge(self.graphdef, p), x),
+                params,
+                extra["pool"],
+            )
+            extra["point_state"] = self.method.init(residuals)
+        return self.tx.init(params), extra
+
+    def _skipped(self, opt_state, extra) -> jax.Array:
+        """Updates the method refused (NaN/Inf), per seed."""
+        if self.kind == "point":
+            return extra["point_state"].skipped_updates
+        if self.kind == "aggregator":
+            for name in ("aggregation_skipped", "m_config_skipped"):
+                value = optax.tree.get(opt_state, name)
+                if value is not None:
+                    return value
+            raise RuntimeError("the aggregator's state has no skip counter")
+        return opt_state.weighting_state.skipped_updates
 
     def _keys(self, seed: int) -> jax.Array:
         """The step keys of ``seed``: shape ``(n_chunks, chunk)``."""
         key = jax.random.key(seed + 1_000_003)
-        if self.problem.full_batch:
+        # A fixed grid needs no keys, unless batches are drawn from a pool.
+        if self.problem.full_batch and self.pool is None:
             return jnp.broadcast_to(key, (self.n_chunks, self.chunk))
         keys = jax.random.split(key, self.n_chunks * self.chunk)
         return keys.reshape(self.n_chunks, self.chunk)
@@ -322,12 +350,15 @@ class Trainer:
         if any(g != self.graphdef for g, _ in inits):  # pragma: no cover
             raise RuntimeError("the network's structure changed between seeds")
         params = jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p in inits])
-        opt_state = jax.vmap(self.tx.init)(params)
+        pool_keys = jnp.stack([jax.random.key(s + POOL_KEY_OFFSET) for s in seeds])
+        opt_state, extra = jax.vmap(self._init)(params, pool_keys)
         keys = jnp.stack([self._keys(s) for s in seeds], axis=1)
         times, cpu_times, errors, at, losses_h, weights_h = [], [], [], [], [], []
         for i in range(self.n_chunks):
             start, cpu_start = time.perf_counter(), time.process_time()
-            (params, opt_state), (losses, weights) = program(params, opt_state, keys[i])
+            (params, opt_state, extra), (losses, weights) = program(
+                params, opt_state, extra, keys[i]
+            )
             jax.block_until_ready(params)
             times.append((time.perf_counter() - start) / n)
             cpu_times.append((time.process_time() - cpu_start) / n)
@@ -341,6 +372,10 @@ class Trainer:
                 on_eval(at[-1], errors[-1])
         cat = lambda hs, j: {k: np.concatenate([h[k][j] for h in hs]) for k in hs[0]}
         seed_of = lambda tree, j: jax.tree.map(lambda x: x[j], tree)
+        skipped = np.asarray(self._skipped(opt_state, extra))
+        point_weights = None
+        if self.kind == "point":
+            point_weights = jax.device_get(extra["point_state"].point_weights)
         results = []
         for j in range(n):
             result = RunResult(
@@ -352,11 +387,16 @@ class Trainer:
                 compile_seconds=0.0,
                 params=seed_of(params, j),
                 graphdef=self.graphdef,
-                skipped_updates=int(opt_state.weighting_state.skipped_updates[j]),
+                skipped_updates=int(skipped[j]),
                 adam_steps=at[-1],
                 chunk_seconds=tuple(times),
                 chunk_cpu_seconds=tuple(cpu_times),
                 batch_seeds=n,
+                kind=self.kind,
+                pool=self.pool,
+                point_weights=None
+                if point_weights is None
+                else {k: np.asarray(v[j]) for k, v in point_weights.items()},
             )
             if self.lbfgs_steps:
                 weighting_state = seed_of(opt_state.weighting_state, j)
@@ -404,55 +444,15 @@ class Trainer:
 def _seed_by_seed(run_chunk: Callable) -> Callable:
     """``run_chunk`` over a leading seed axis, one seed after the other."""
 
-    def run(params, opt_state, keys):
+    def run(params, opt_state, extra, keys):
         seed = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
         outs = [
-            run_chunk(seed(params, i), seed(opt_state, i), keys[i])
+            run_chunk(seed(params, i), seed(opt_state, i), seed(extra, i), keys[i])
             for i in range(keys.shape[0])
         ]
         return jax.tree.map(lambda *x: jnp.stack(x), *outs)
 
     return run
-
-
-def weighted_step(
-    tx: optax.GradientTransformationExtraArgs,
-    loss_fn: Callable,
-    residual_fn: Callable,
-    sample: Callable,
-) -> Callable:
-    """The training step every benchmark times: ``(carry, key) -> (carry, out)``.
-
-    ``carry = (params, opt_state)`` with ``tx`` from ``with_weighting``; the batch
-    is ``sample(key)``. One forward and one backward pass of the weighted sum with
-    the weights in the state; the same forward pass's losses update them, and
-    ``loss_fn(params, batch)``, ``residual_fn(params, points)`` and the points go
-    to ``tx.update`` for the gradient-based methods. ``out = (losses, weights)``.
-    """
-
-    def step(carry, key):
-        params, opt_state = carry
-        batch = sample(key)
-        weights = oil.loss_weights(opt_state)
-
-        def total(params):
-            losses = loss_fn(params, batch)
-            return oil.weighted_sum(losses, weights), losses
-
-        (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
-        updates, opt_state = tx.update(
-            grads,
-            opt_state,
-            params,
-            losses=losses,
-            loss_fn=lambda p: loss_fn(p, batch),
-            residual_fn=residual_fn,
-            points=batch,
-        )
-        params = optax.apply_updates(params, updates)
-        return (params, opt_state), (losses, weights)
-
-    return step
 
 
 def train(

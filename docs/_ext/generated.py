@@ -30,10 +30,13 @@ PINN_FOLDERS = [
     "poisson",
     "wave",
     "burgers",
+    "burgers-aggregators",
+    "allen_cahn-pointwise",
 ]
 # Result pages written by the other benchmark scripts (each from its JSON).
 RESULT_PAGES = [
     "overhead_cpu.md",
+    "overhead_aggregators.md",
     "lbfgs_policies.md",
     "inverse_loss_defaults.md",
     "grad_method_cost.md",
