@@ -11,6 +11,7 @@ excepted.
 """
 
 import os
+import tempfile
 
 # Eight CPU devices for the sharding tests; must be set before JAX starts.
 os.environ["XLA_FLAGS"] = (
@@ -38,3 +39,15 @@ LONG_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
+
+
+# One persistent compilation cache for the run, shared by the xdist workers: the
+# same small programs (a method's update at the toy shapes) are compiled by many
+# tests, and each is then compiled once.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.path.join(tempfile.gettempdir(), "optax_invloss-test-jax-cache", _RUN),
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
