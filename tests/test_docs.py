@@ -177,6 +177,20 @@ def test_readme_gives_the_build_command():
     assert BUILD_COMMAND in section
 
 
+def test_read_the_docs_builds_what_the_readme_builds():
+    """The hosted build (.readthedocs.yaml) is the README's: the package with its
+    docs extra, docs/conf.py, warnings as errors; pyproject links to the site."""
+    config = (ROOT / ".readthedocs.yaml").read_text()
+    assert re.search(r"^\s+configuration: docs/conf\.py$", config, re.M), config
+    assert re.search(r"^\s+fail_on_warning: true$", config, re.M), config
+    assert re.search(r"extra_requirements:\s+- docs$", config, re.M), config
+    assert "sphinx-build -W -n docs" in README.read_text()
+    import tomllib
+
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert urls["Documentation"] == "https://optax-invloss.readthedocs.io"
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
 def test_docs_python_blocks_run(page, request):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
