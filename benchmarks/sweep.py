@@ -98,6 +98,40 @@ def arguments(spec: str, folder: str, problem: str, preset: str) -> list[str] | 
     return [*args, "--add"] if (out / "runs.json").exists() else args
 
 
+def last_fifth(folder: pathlib.Path, method: str = specs.EQUAL) -> list[str]:
+    """Markdown rows: each seed's relative change of ``method``'s error over the
+    last fifth of training (the preset has converged when it is near 0)."""
+    rows = []
+    for run in json.loads((folder / "runs.json").read_text())["runs"]:
+        if run["method"] != method:
+            continue
+        steps, errors = run["error_history"]["steps"], run["error_history"]["rel_l2"]
+        k = next(i for i, s in enumerate(steps) if s >= 0.8 * steps[-1])
+        change = (errors[-1] - errors[k]) / errors[k]
+        rows.append(
+            f"| {folder.name} | {run['seed']} | {steps[k]} | {errors[k]:.3g} | "
+            f"{errors[-1]:.3g} | {100 * change:+.1f}% |"
+        )
+    return rows
+
+
+def write_summary() -> str:
+    """``ROOT/summary.md``: the matrix over the finished folders and the
+    equal-weights convergence check."""
+    folders = [ROOT / f for f, _, _ in PLAN if (ROOT / f / "runs.json").exists()]
+    text = summary.main([*map(str, folders), "--out", str(ROOT / "summary.md")])
+    rows = [row for folder in folders for row in last_fifth(folder)]
+    check = (
+        "\nEqual weights over the last fifth of training (the standard presets' "
+        "convergence check, `python -m benchmarks.sweep --summary`):\n\n"
+        "| problem | seed | step | error there | final error | change |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+    print(check)  # summary.main has printed the matrix
+    (ROOT / "summary.md").write_text(text + check)
+    return text + check
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.sweep")
@@ -107,8 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--summary", action="store_true", help="write summary.md only")
     args = p.parse_args(argv)
     if args.summary:
-        folders = [ROOT / f for f, _, _ in PLAN if (ROOT / f / "runs.json").exists()]
-        summary.main([*map(str, folders), "--out", str(ROOT / "summary.md")])
+        write_summary()
         return
     problems = args.problems.split(",") if args.problems else None
     methods = (

@@ -52,3 +52,18 @@ def test_the_first_run_of_a_folder_creates_it_and_later_runs_add(root):
     assert first[first.index("--out") + 1] == str(root / "wave")
     _write_runs(root / "wave", [{"method": "equal", "seed": 0}])
     assert sweep.arguments("lr_annealing", "wave", "wave", "standard")[-1] == "--add"
+
+
+def test_the_convergence_check_compares_the_last_fifth(root):
+    history = {"steps": [100, 200, 300, 400, 500], "rel_l2": [1.0, 0.8, 0.6, 0.5, 0.45]}
+    _write_runs(
+        root / "wave",
+        [
+            {"method": "equal", "seed": 0, "error_history": history},
+            {"method": "lr_annealing", "seed": 0, "error_history": history},
+        ],
+    )
+    # 80% of 500 steps is step 400: error 0.5 there, 0.45 at the end, -10%.
+    assert sweep.last_fifth(root / "wave") == [
+        "| wave | 0 | 400 | 0.5 | 0.45 | -10.0% |"
+    ]
