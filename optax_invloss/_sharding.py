@@ -116,7 +116,8 @@ def sharded(method: _base.WeightingMethod, axis_name: Any) -> _base.WeightingMet
       >>> mesh = jax.make_mesh((1,), ("data",))
       >>> method = optax_invloss.sharded(optax_invloss.inverse_loss(), "data")
       >>> state = method.init({"pde": 0.0, "bc": 0.0})
-      >>> @jax.shard_map(mesh=mesh, in_specs=jax.P("data"), out_specs=jax.P())
+      >>> @jax.jit  # compiled once; shard_map alone runs op by op, slowly
+      ... @jax.shard_map(mesh=mesh, in_specs=jax.P("data"), out_specs=jax.P())
       ... def weights_of(x):  # each device: its own points
       ...     losses = {"pde": jnp.mean(x**2), "bc": jnp.mean(x)}
       ...     return method.update(losses, state)[0]
