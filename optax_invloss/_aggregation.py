@@ -462,8 +462,8 @@ def aggregation_weights(state: Any) -> jax.Array:
       >>> state = tx.init(params)
       >>> grads = {"a": jnp.array([1.0, 0.0]), "b": jnp.array([-1.0, 1.0])}
       >>> _, state = tx.update(grads, state, params)
-      >>> print(optax_invloss.aggregation_weights(state).round(4))
-      [0.6 0.4]
+      >>> print([round(float(w), 4) for w in optax_invloss.aggregation_weights(state)])
+      [0.6, 0.4]
     """
     value = optax.tree.get(_base._unwrap_variables(state), "aggregation_weights")
     if value is None:
