@@ -279,6 +279,15 @@ def markdown(result: dict) -> str:
             f"| {row['plain_compile_s']:.1f}, {row['ours_compile_s']:.1f}, "
             f"{row['jinns_compile_s']:.1f} |"
         )
+    equal = result["rows"]["equal weights"]
+    lines += [
+        "",
+        f"In short: with equal weights jinns' step takes "
+        f"{_fmt(equal['jinns_over_plain'])} times the plain JAX step, on a "
+        f"machine at load {meta['machine'].get('load_average_at_start')} (2 cores "
+        "shared with other jobs: each ratio's range is its noise, and the "
+        "equal-weights row's ours / plain, the same program twice, shows its size).",
+    ]
     lines += ["", *result["notes"], ""]
     return "\n".join(lines)
 
