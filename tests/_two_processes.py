@@ -44,7 +44,9 @@ def batch() -> np.ndarray:
 
 
 def initial_params():
-    return {"w": jnp.asarray([[0.1, -0.2]]), "b": jnp.asarray(0.05)}
+    # NumPy float64 (not weakly typed, unlike jnp.asarray(0.05)): the first step's
+    # outputs then have the types of its inputs, and the step compiles once.
+    return {"w": np.asarray([[0.1, -0.2]]), "b": np.asarray(0.05)}
 
 
 def loss_terms(params, x):
@@ -58,15 +60,23 @@ def loss_terms(params, x):
 
 
 def _optimizer(method):
-    # Only the structure of the losses is read here; no eager op runs (each would
-    # compile a program of its own).
-    return oil.with_weighting(optax.adam(0.05), method, {"pde": 0.0, "bc": 0.0})
+    # Only the structure and dtype of the losses are read here; no eager op runs
+    # (each would compile a program of its own). float64, the losses' dtype under
+    # x64: Python floats would give a float32 state, which the first update turns
+    # into float64, compiling the step a second time.
+    zero = np.float64(0.0)
+    return oil.with_weighting(optax.adam(0.05), method, {"pde": zero, "bc": zero})
 
 
-def _step(name, tx, reduce=lambda losses: losses):
-    """The training step of docs/guides/devices.md; ``reduce`` makes losses global."""
+def _step(txs, reduce=lambda losses: losses):
+    """The training step of docs/guides/devices.md, for every method side by side.
 
-    def step(params, opt_state, x):
+    ``txs``: the wrapped optimizer of each method, by name; the carry holds each
+    method's ``(params, opt_state)``. ``reduce`` makes the losses global. One
+    program for all the methods: each compile costs seconds on a loaded CPU.
+    """
+
+    def one(name, tx, params, opt_state, x):
         weights = oil.loss_weights(opt_state)
 
         def total(p):
@@ -80,25 +90,32 @@ def _step(name, tx, reduce=lambda losses: losses):
         updates, opt_state = tx.update(grads, opt_state, params, losses=local, **extra)
         return optax.apply_updates(params, updates), opt_state
 
+    def step(carry, x):
+        return {name: one(name, tx, *carry[name], x) for name, tx in txs.items()}
+
     return step
 
 
-def _train(step, tx, x, place=lambda tree: tree) -> dict[str, np.ndarray]:
-    """``STEPS`` steps from ``initial_params``: the weights and params after each."""
+def _train(step, txs, x, place=lambda tree: tree) -> dict[str, np.ndarray]:
+    """``STEPS`` steps from ``initial_params``: the weights and params after each.
+
+    Keys ``"<method>/<quantity>"``, each an array with one row per step.
+    """
     params = initial_params()
-    opt_state = place(jax.jit(tx.init)(params))
-    params = place(params)
-    history = {"weight_pde": [], "weight_bc": [], "w": [], "b": []}
+    init = jax.jit(lambda p: {name: (p, tx.init(p)) for name, tx in txs.items()})
+    carry = place(init(params))
+    history = {}
     for _ in range(STEPS):
-        params, opt_state = step(params, opt_state, x)
-        weights = oil.loss_weights(opt_state)
-        for key, value in (
-            ("weight_pde", weights["pde"]),
-            ("weight_bc", weights["bc"]),
-            ("w", params["w"]),
-            ("b", params["b"]),
-        ):
-            history[key].append(_local(value))
+        carry = step(carry, x)
+        for name, (params, opt_state) in carry.items():
+            weights = oil.loss_weights(opt_state)
+            for key, value in (
+                ("weight_pde", weights["pde"]),
+                ("weight_bc", weights["bc"]),
+                ("w", params["w"]),
+                ("b", params["b"]),
+            ):
+                history.setdefault(f"{name}/{key}", []).append(_local(value))
     return {k: np.stack(v) for k, v in history.items()}
 
 
@@ -107,27 +124,29 @@ def _local(x) -> np.ndarray:
     return np.asarray(x.addressable_shards[0].data)
 
 
-def train_one_process(name: str) -> dict[str, np.ndarray]:
+def _optimizers(wrap=lambda method: method):
+    return {name: _optimizer(wrap(make())) for name, make in METHODS.items()}
+
+
+def train_one_process() -> dict[str, np.ndarray]:
     """The reference: one process, one device, the whole batch."""
-    tx = _optimizer(METHODS[name]())
-    return _train(jax.jit(_step(name, tx)), tx, jnp.asarray(batch()))
+    txs = _optimizers()
+    return _train(jax.jit(_step(txs)), txs, batch())
 
 
-def _train_shard_map(name, mesh, x_global, place):
+def _train_shard_map(mesh, x_global, place):
     """``shard_map``: each process's local losses, the ``sharded`` method."""
     P = jax.sharding.PartitionSpec
-    tx = _optimizer(oil.sharded(METHODS[name](), "data"))
-    step = _step(name, tx, reduce=lambda local: oil.global_mean(local, "data"))
-    step = jax.shard_map(
-        step, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P(), P())
-    )
-    return _train(jax.jit(step), tx, x_global, place)
+    txs = _optimizers(lambda method: oil.sharded(method, "data"))
+    step = _step(txs, reduce=lambda local: oil.global_mean(local, "data"))
+    step = jax.shard_map(step, mesh=mesh, in_specs=(P(), P("data")), out_specs=P())
+    return _train(jax.jit(step), txs, x_global, place)
 
 
-def _train_jit(name, x_global, place):
+def _train_jit(x_global, place):
     """Plain ``jax.jit``: the batch is one global array, no wrapper."""
-    tx = _optimizer(METHODS[name]())
-    return _train(jax.jit(_step(name, tx)), tx, x_global, place)
+    txs = _optimizers()
+    return _train(jax.jit(_step(txs)), txs, x_global, place)
 
 
 def _start(coordinator: str, process_id: int):
@@ -179,15 +198,15 @@ def main(coordinator: str, process_id: int, out: str) -> None:
             tree,
         )
 
-    results = {}
-    for name in METHODS:
-        runs = {
-            "shard_map": _train_shard_map(name, mesh, x_global, place),
-            "jit": _train_jit(name, x_global, place),
-        }
-        for path, history in runs.items():
-            for key, value in history.items():
-                results[f"{name}/{path}/{key}"] = value
+    runs = {
+        "shard_map": _train_shard_map(mesh, x_global, place),
+        "jit": _train_jit(x_global, place),
+    }
+    results = {
+        f"{path}/{key}": value
+        for path, history in runs.items()
+        for key, value in history.items()
+    }
     np.savez(out, **results)
     jax.distributed.shutdown()
 
