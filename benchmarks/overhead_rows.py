@@ -183,12 +183,12 @@ def judge(rows: list[Row], loss_value_target: float) -> None:
                 target = 1.25 * ref.ratio
                 rule = f"<= 1.25 x {label.split(' ')[0]}"
         elif row.kind == "gradient" and every == "none":
-            target, rule = 1.02, "<= 1.02"
+            target, rule = 1.01, "<= 1.01"
         elif row.kind == "gradient":
             c = find(rows, row.method, 1)
             if c and c.measured:
-                target = 1.0 + (c.ratio - 1.0) / every + 0.02
-                rule = "<= 1 + (c - 1)/K + 0.02"
+                target = 1.0 + (c.ratio - 1.0) / every + 0.01
+                rule = "<= 1 + (c - 1)/K + 0.01"
         row.set(target=target, target_rule=rule)
         if target is None or not row.measured:
             row.result = "n/a" if row.kind != "reference" else "reference"

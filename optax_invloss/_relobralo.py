@@ -67,6 +67,14 @@ def balance(losses: jax.Array, reference: jax.Array, temperature: float):
     return losses.shape[0] * _numerics.softmax(logits)
 
 
+def _keep_history(lookback: float):
+    """``bits -> rho``: 1 with probability ``lookback`` for uniform uint32 bits."""
+    threshold = round(lookback * 2.0**32)
+    if threshold >= 2**32:
+        return lambda bits: jnp.ones((), bool)
+    return lambda bits: bits < jnp.uint32(threshold)
+
+
 def relobralo(
     alpha: float = 0.999,
     temperature: float = 0.1,
@@ -114,7 +122,12 @@ def relobralo(
     Randomness. The key is stored in the state (as raw key data) and split on
     every update, so a run is reproducible from the key alone, the same on every
     device, and a checkpoint resumes the same sequence of draws. A skipped update
-    does not consume a draw.
+    does not consume a draw. One split per update is the only random-number
+    work: :math:`\rho_t = 1` when the first 32-bit word of the split-off key's
+    data (uniformly distributed bits) is below
+    :math:`\mathrm{round}(\mathbb{E}[\rho]\, 2^{32})`, so
+    :math:`P(\rho_t = 1)` is ``lookback`` within :math:`2^{-33}` (exactly 0
+    and 1 at the ends), without a second PRNG call for the draw.
 
     Where the authors' code differs from the paper, this implements the paper:
     the authors' training script uses :math:`\alpha = 1` on the first step and
@@ -176,6 +189,7 @@ def relobralo(
     typed_key = _typed_key(key)
     impl = jax.random.key_impl(typed_key)
     key_data = jax.random.key_data(typed_key)
+    keep_history = _keep_history(lookback)
 
     def init(losses):
         _base.check_losses(losses)
@@ -200,7 +214,10 @@ def relobralo(
         next_key, draw_key = jax.random.split(
             jax.random.wrap_key_data(state.lookback_key, impl=impl)
         )
-        rho = jax.random.bernoulli(draw_key, lookback).astype(vector.dtype)
+        # The split-off key's data are uniform random bits: the draw needs no
+        # second PRNG call (each one is a loop of threefry rounds on CPU).
+        bits = jax.random.key_data(draw_key).reshape(-1)[0]
+        rho = keep_history(bits).astype(vector.dtype)
         history = rho * _base.stack(state.loss_weights) + (1.0 - rho) * balance(
             vector, initial, temperature
         )

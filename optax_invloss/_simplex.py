@@ -38,32 +38,44 @@ def project_capped_simplex(
     :math:`w_i \propto 1/L_i` still holds among the uncapped terms.
 
     :math:`g(c) = \sum_i \mathrm{clip}(c v_i, lo, hi)` is non-decreasing in
-    :math:`c`, with kinks at :math:`lo / v_i` and :math:`hi / v_i`. The kinks
-    are sorted in the log domain (:math:`\log lo - \log v_i`, all finite), the
-    last one with :math:`g \le 1` gives the segment that holds the solution and
-    with it which terms sit on the floor, which on the ceiling and which are
-    free; the free terms then share what the caps leave,
-    :math:`1 - lo\, n_{lo} - hi\, n_{hi}`, in the ratios of their :math:`v_i`,
-    computed from the mantissas brought to a common exponent (exact ratios,
-    no logarithms). The caller guarantees ``n * lo <= 1 <= n * hi``.
+    :math:`c`, with kinks at :math:`lo / v_i` and :math:`hi / v_i` (taken in
+    the log domain, :math:`\log lo - \log v_i`, all finite). :math:`g` is
+    evaluated at every kink: a term sits on the floor where :math:`g > 1` at
+    its lower kink (the solution is below it), on the ceiling where
+    :math:`g \le 1` at its upper kink, and is free otherwise (no sort, no
+    comparison of kinks); the free terms then share what
+    the caps leave, :math:`1 - lo\, n_{lo} - hi\, n_{hi}`, in the ratios of
+    their :math:`v_i`, computed from the mantissas brought to a common exponent
+    (exact ratios, no logarithms). A ceiling that cannot bind,
+    :math:`hi \ge 1 - (n - 1)\, lo` (every other weight is at least
+    :math:`lo`), is left out, and with it the :math:`n` upper kinks. The
+    caller guarantees ``n * lo <= 1 <= n * hi``.
     """
     n = mantissa.shape[0]
     dtype = mantissa.dtype
     log_v = jnp.log(mantissa) + exponent.astype(dtype) * jnp.log(
         jnp.asarray(2.0, dtype)
     )
-    lower = (math.log(lo) if lo > 0 else -jnp.inf) - log_v
-    upper = math.log(hi) - log_v
-    kinks = jnp.sort(jnp.concatenate([lower, upper]))
-    g = jnp.sum(jnp.clip(jnp.exp(kinks[:, None] + log_v[None, :]), lo, hi), axis=1)
-    # The last kink with g <= 1; g(first kink) = n * lo <= 1 by construction.
-    k = jnp.clip(jnp.sum(g <= 1.0) - 1, 0, 2 * n - 2)
-    start, end = kinks[k], kinks[k + 1]
-    # On the segment (start, end): a term is on the floor if its lower kink is
-    # at or after the end, on the ceiling if its upper kink is at or before the
-    # start, free otherwise.
-    at_lo = (lower >= end) if lo > 0 else jnp.zeros((n,), bool)
-    at_hi = (upper <= start) & ~at_lo
+    floor = lo > 0
+    ceiling = hi < 1.0 - (n - 1) * lo
+    kinks = ([math.log(lo) - log_v] if floor else []) + (
+        [math.log(hi) - log_v] if ceiling else []
+    )
+    at_lo = jnp.zeros((n,), bool)
+    at_hi = jnp.zeros((n,), bool)
+    if kinks:
+        kinks = jnp.concatenate(kinks)
+        g = jnp.sum(jnp.clip(jnp.exp(kinks[:, None] + log_v[None, :]), lo, hi), axis=1)
+        # g is non-decreasing: the kinks with g <= 1 are those at or before the
+        # segment that holds the solution, the others at or after its end. A
+        # term is on the floor if its lower kink is after the segment, on the
+        # ceiling if its upper kink is before it. Read from g, not by comparing
+        # kinks: XLA may round a kink differently where it is recomputed.
+        below = g <= 1.0
+        if floor:
+            at_lo = ~below[:n]
+        if ceiling:
+            at_hi = below[-n:] & ~at_lo
     free = ~at_lo & ~at_hi
     rest = 1.0 - lo * jnp.sum(at_lo, dtype=dtype) - hi * jnp.sum(at_hi, dtype=dtype)
     top = jnp.max(jnp.where(free, exponent, jnp.iinfo(jnp.int32).min))

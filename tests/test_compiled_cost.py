@@ -4,9 +4,9 @@ Static counts on the optimised HLO of a ``lax.scan`` of a small training step,
 plain sum against the same step wrapped in ``with_weighting``; no timings. On
 CPU a scan step's fixed cost is roughly one dispatch per fusion or unfused op
 in the loop body, so the added fusion count is what the bound pins. The bounds
-are the counts measured on jax 0.10.2 (see benchmarks/overhead_notes.md) plus 2:
-a change that adds fused kernels, a sort, a conditional or a copy of the
-parameters fails here. The bounds pin today's cost, not the issue's target.
+are the counts measured on jax 0.10.2 (see benchmarks/overhead_notes.md): a
+change that adds fused kernels, a sort, a loop, a conditional or a copy of the
+parameters fails here.
 """
 
 import collections
@@ -38,7 +38,7 @@ def _terms(params, x):
     return {"pde": jnp.mean((u - jnp.sin(x[:, 0])) ** 2), "bc": jnp.mean(u[:8] ** 2)}
 
 
-def _compiled(method):
+def _compiled(method, length=4):
     inner = optax.adam(1e-3)
     x = jnp.linspace(-1.0, 1.0, 64).reshape(32, 2)
     params = _params()
@@ -63,10 +63,12 @@ def _compiled(method):
                 lambda p: (oil.weighted_sum(_terms(p, x), w), _terms(p, x)),
                 has_aux=True,
             )(p)
-            u, s = tx.update(g, s, p, losses=losses)
+            u, s = tx.update(
+                g, s, p, losses=losses, loss_fn=lambda p: _terms(p, x)
+            )
             return (optax.apply_updates(p, u), s), losses
 
-    run = lambda c: jax.lax.scan(step, c, None, length=4)
+    run = lambda c: jax.lax.scan(step, c, None, length=length)
     return jax.jit(run).lower((params, tx.init(params))).compile().as_text()
 
 
@@ -88,24 +90,28 @@ def plain():
     return _ops(_compiled(None))
 
 
-# (method, at most this many more fusions than the plain step, caps projected?)
+# (method, at most this many more fusions than the plain step). Measured on jax
+# 0.10.2 after issue 19's pass (benchmarks/overhead_notes.md): 15, 20, 21, 33, 25,
+# 22; before it 15, 24, 25, 41 (two PRNG calls), 25, 22, and a sort in the capped
+# projection. The bounds are those counts: a change that adds a fused kernel, a
+# sort, a loop, a conditional or a copy of the parameters fails here.
 CASES = {
-    "inverse_loss_uncapped": (lambda: oil.inverse_loss(min_weight=0.0), 17, False),
-    "inverse_loss": (lambda: oil.inverse_loss(), 26, True),
+    "inverse_loss_uncapped": (lambda: oil.inverse_loss(min_weight=0.0), 15),
+    "inverse_loss": (lambda: oil.inverse_loss(), 20),
     "inverse_loss_ema_every": (
-        lambda: oil.inverse_loss(ema_decay=0.9, update_every=10), 27, True),
-    "relobralo": (lambda: oil.relobralo(), 43, False),
-    "softadapt": (lambda: oil.softadapt(), 27, False),
-    "dwa": (lambda: oil.dwa(), 24, False),
+        lambda: oil.inverse_loss(ema_decay=0.9, update_every=10), 21),
+    "relobralo": (lambda: oil.relobralo(), 33),
+    "softadapt": (lambda: oil.softadapt(), 25),
+    "dwa": (lambda: oil.dwa(), 22),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_weighting_adds_few_ops_and_no_param_copies(name, plain):
-    make, max_fusions, capped = CASES[name]
+    make, max_fusions = CASES[name]
     (base, base_copies), (ops, copies) = plain, _ops(_compiled(make()))
     added = ops["fusion"] - base["fusion"]
     assert added <= max_fusions, f"{name}: {added} more fusions than plain"
     assert copies == base_copies, f"{name}: copies of parameter-shaped arrays"
-    assert ops["conditional"] == base["conditional"], f"{name}: added a lax.cond"
-    assert (ops["sort"] > 0) == capped, f"{name}: sort present = {ops['sort'] > 0}"
+    for op in ("conditional", "sort", "while"):
+        assert ops[op] == base[op], f"{name}: {ops[op] - base[op]} more {op} ops"

@@ -123,6 +123,26 @@ def test_same_key_same_weights_different_key_different_draws():
     assert not np.array_equal(weights(2), reference)
 
 
+@pytest.mark.parametrize("lookback", [0.0, 0.3, 0.9, 1.0])
+def test_history_is_kept_with_probability_lookback(lookback):
+    # alpha = 1: lambda(1) = rho * 1 + (1 - rho) * bal(1, 0), and bal(1, 0) is
+    # not 1 for losses (1, 2) after (1, 1). Over 4000 keys the share of rho = 1
+    # is lookback within 5 standard deviations (0.04 at most), exactly at 0, 1.
+    method = oil.relobralo(alpha=1.0, temperature=1.0, lookback=lookback)
+    state = method.init({"a": 0.0, "b": 0.0})
+    keys = jax.random.key_data(jax.random.split(jax.random.key(11), 4000))
+
+    def second_weight(key):
+        s = state._replace(lookback_key=key)
+        _, s = method.update({"a": 1.0, "b": 1.0}, s)
+        w, _ = method.update({"a": 1.0, "b": 2.0}, s)
+        return w["a"]
+
+    kept = np.asarray(jax.jit(jax.vmap(second_weight))(keys)) == 1.0
+    bound = 5 * np.sqrt(lookback * (1 - lookback) / kept.size)
+    assert abs(kept.mean() - lookback) <= bound, (kept.mean(), lookback)
+
+
 def test_default_key_is_fixed():
     steps = _sequence(10)
     w1, s1 = _run(oil.relobralo(lookback=0.5), steps)
